@@ -32,6 +32,44 @@ class RendererDraws:
     stratified: torch.Tensor
     importance: torch.Tensor
 
+    @classmethod
+    def uniform(
+        cls,
+        batch_size: int,
+        num_rays: int,
+        depth_resolution: int,
+        importance_resolution: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> "RendererDraws":
+        """U[0, 1) draws in the official order (stratified, then importance)."""
+        stratified = torch.rand([batch_size, num_rays, depth_resolution, 1], generator=generator, device=device)
+        importance = torch.rand([batch_size * num_rays, importance_resolution], generator=generator, device=device)
+        return cls(stratified=stratified, importance=importance)
+
+    @classmethod
+    def deterministic(
+        cls,
+        batch_size: int,
+        num_rays: int,
+        depth_resolution: int,
+        importance_resolution: int,
+        device: torch.device | str | None = None,
+    ) -> "RendererDraws":
+        """No jitter and evenly spaced importance uniforms (the official code's unused ``det=True`` path)."""
+        stratified = torch.zeros([batch_size, num_rays, depth_resolution, 1], device=device)
+        importance = torch.linspace(0, 1, importance_resolution, device=device).expand(batch_size * num_rays, -1)
+        return cls(stratified=stratified, importance=importance.contiguous())
+
+    def check_shape(self, batch_size: int, num_rays: int, depth_resolution: int, importance_resolution: int) -> None:
+        want_s = [batch_size, num_rays, depth_resolution, 1]
+        want_i = [batch_size * num_rays, importance_resolution]
+        if list(self.stratified.shape) != want_s or list(self.importance.shape) != want_i:
+            raise ValueError(
+                f"renderer draws have shapes {list(self.stratified.shape)} / {list(self.importance.shape)}, "
+                f"expected {want_s} / {want_i}"
+            )
+
 
 @dataclass
 class RenderOutput:

@@ -1,0 +1,143 @@
+"""Named generator configurations and the factory the Hydra configs call.
+
+* ``ffhq512-128`` / ``afhqcats512-128``: NVIDIA's released models (BEHAVIOUR §2, §13); they need a
+  checkpoint (``ffhqrebalanced512-128.pkl`` / ``afhqcats512-128.pkl`` from NVIDIA's EG3D release, or
+  their conversion by ``python -m networks.eg3d.convert``).
+* ``tiny``: the same architecture and code paths with small widths and few samples, for tests and
+  the CPU default run (64x64 images, neural rendering at 16x16, 12 + 12 samples per ray).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from networks.eg3d.generator import TriPlaneGenerator
+
+_RELEASED_RENDERING = {
+    "image_resolution": 512,
+    "disparity_space_sampling": False,
+    "clamp_mode": "softplus",
+    "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
+    "c_gen_conditioning_zero": False,
+    "c_scale": 1.0,
+    "superresolution_noise_mode": "none",
+    "density_reg": 0.25,
+    "density_reg_p_dist": 0.004,
+    "reg_type": "l1",
+    "decoder_lr_mul": 1.0,
+    "sr_antialias": True,
+    "depth_resolution": 48,
+    "depth_resolution_importance": 48,
+    "ray_start": 2.25,
+    "ray_end": 3.3,
+    "box_warp": 1,
+    "avg_camera_radius": 2.7,
+    "avg_camera_pivot": [0, 0, 0.2],
+}
+
+_RELEASED_KWARGS: dict[str, Any] = {
+    "z_dim": 512,
+    "c_dim": 25,
+    "w_dim": 512,
+    "img_resolution": 512,
+    "img_channels": 3,
+    "sr_num_fp16_res": 4,
+    "mapping_kwargs": {"num_layers": 2},
+    "channel_base": 32768,
+    "channel_max": 512,
+    "fused_modconv_default": "inference_only",
+    "num_fp16_res": 0,
+    "conv_clamp": None,
+    "sr_kwargs": {"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
+    "rendering_kwargs": _RELEASED_RENDERING,
+}
+
+
+def _released(pivot: list[float]) -> dict[str, Any]:
+    kwargs = copy.deepcopy(_RELEASED_KWARGS)
+    kwargs["rendering_kwargs"]["avg_camera_pivot"] = pivot
+    return {"generator_kwargs": kwargs, "neural_rendering_resolution": 128}
+
+
+def _tiny() -> dict[str, Any]:
+    kwargs = copy.deepcopy(_RELEASED_KWARGS)
+    kwargs.update(z_dim=64, img_resolution=64, channel_base=1024, channel_max=32)
+    kwargs["sr_kwargs"] = {"fused_modconv_default": "inference_only", "block_channels": [16, 8]}
+    kwargs["rendering_kwargs"].update(image_resolution=64, depth_resolution=12, depth_resolution_importance=12)
+    return {"generator_kwargs": kwargs, "neural_rendering_resolution": 16}
+
+
+GENERATOR_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": _tiny(),
+    "ffhq512-128": _released([0, 0, 0.2]),
+    "afhqcats512-128": _released([0, 0, -0.06]),
+}
+
+
+def generator_config(name: str) -> dict[str, Any]:
+    if name not in GENERATOR_CONFIGS:
+        raise ValueError(f"unknown generator config {name!r}; known: {sorted(GENERATOR_CONFIGS)}")
+    return copy.deepcopy(GENERATOR_CONFIGS[name])
+
+
+def build_generator(name_or_kwargs: str | dict[str, Any], neural_rendering_resolution: int | None = None) -> TriPlaneGenerator:
+    """A generator with constructor-initialised weights from a named config or explicit kwargs."""
+    if isinstance(name_or_kwargs, str):
+        config = generator_config(name_or_kwargs)
+        kwargs, resolution = config["generator_kwargs"], config["neural_rendering_resolution"]
+    else:
+        kwargs, resolution = copy.deepcopy(dict(name_or_kwargs)), None
+    generator = TriPlaneGenerator(**kwargs)
+    if neural_rendering_resolution is not None:
+        resolution = neural_rendering_resolution
+    if resolution is not None:
+        generator.neural_rendering_resolution = int(resolution)
+    return generator
+
+
+@torch.no_grad()
+def randomize_generator_weights_(generator: TriPlaneGenerator, seed: int) -> TriPlaneGenerator:
+    """Non-trivial random weights (as in the golden fixture) so biases, noise and truncation all matter.
+
+    Weights, constants and noise buffers ~ N(0, 1); biases ~ N(0, 0.1); affine biases ~ 1 + N(0, 0.1);
+    noise strengths ~ N(0, 0.1); w_avg ~ N(0, 0.5). Deterministic for a given seed.
+    """
+    rng = torch.Generator().manual_seed(int(seed))
+    for name, tensor in generator.state_dict(keep_vars=True).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("resample_filter", "dataset_label_std"):
+            continue
+        if name.endswith("affine.bias"):
+            tensor.copy_(1 + 0.1 * torch.randn(tensor.shape, generator=rng))
+        elif leaf in ("bias", "noise_strength"):
+            tensor.copy_(0.1 * torch.randn(tensor.shape, generator=rng))
+        elif leaf == "w_avg":
+            tensor.copy_(0.5 * torch.randn(tensor.shape, generator=rng))
+        else:
+            tensor.copy_(torch.randn(tensor.shape, generator=rng))
+    return generator
+
+
+def freeze(generator: TriPlaneGenerator) -> TriPlaneGenerator:
+    generator.eval()
+    generator.requires_grad_(False)
+    return generator
+
+
+def generator_from_config(
+    name: str, checkpoint: str | None = None, random_init: bool = False, seed: int = 0
+) -> TriPlaneGenerator:
+    """The frozen generator a run uses: loaded from ``checkpoint``, or random weights by explicit choice."""
+    if checkpoint:
+        from networks.eg3d.checkpoint import load_generator  # local import: keeps the loader optional here
+
+        return freeze(load_generator(checkpoint))
+    if not random_init:
+        raise ValueError(
+            f"generator {name!r} has no checkpoint: set generator.checkpoint=PATH (NVIDIA's .pkl or a converted "
+            "state dict) or generator.random_init=true to use random weights on purpose"
+        )
+    return freeze(randomize_generator_weights_(build_generator(name), seed))
