@@ -26,7 +26,8 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import secrets
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,6 +270,39 @@ def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+# NVIDIA's layers keep numpy scalars as attributes (FullyConnectedLayer.weight_gain = lr / np.sqrt(n),
+# act_gain = np.sqrt(2)): decoded here from (dtype, raw bytes) with struct, numpy is never asked to.
+_NUMPY_SCALAR_FORMATS = {
+    "f8": "d", "f4": "f", "f2": "e", "i8": "q", "i4": "i", "i2": "h", "i1": "b",
+    "u8": "Q", "u4": "I", "u2": "H", "u1": "B", "b1": "?",
+}
+
+
+class _NumpyDTypeRecord:
+    """Stand-in for ``numpy.dtype(spec, align, copy)`` of a plain numeric dtype, plus its byte order."""
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = False) -> None:
+        if spec not in _NUMPY_SCALAR_FORMATS:
+            raise pickle.UnpicklingError(f"numpy dtype {spec!r} is not a plain numeric dtype")
+        self.spec: str = spec
+        self.byte_order = "<"
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] == ">":
+            self.byte_order = ">"
+
+
+def _numpy_scalar(dtype: Any, raw: Any) -> float | int | bool:
+    """Replaces ``numpy.core.multiarray.scalar``: the Python number, for numeric dtypes only."""
+    if not isinstance(dtype, _NumpyDTypeRecord) or not isinstance(raw, bytes):
+        raise pickle.UnpicklingError("numpy scalar of an unsupported kind")
+    try:
+        (value,) = struct.unpack(dtype.byte_order + _NUMPY_SCALAR_FORMATS[dtype.spec], raw)
+    except struct.error as exc:
+        raise pickle.UnpicklingError(f"malformed numpy scalar: {exc}") from exc
+    return value
+
+
 # Every global a weights-only EG3D pickle may name, mapped to our stand-in or a harmless builtin.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
@@ -284,6 +318,9 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
+    ("numpy", "dtype"): _NumpyDTypeRecord,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,  # numpy 1.x, which wrote the official files
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # numpy 2.x
 }
 
 # Classes whose instances may appear but are never imported: NVIDIA's non-persistent modules
@@ -365,7 +402,8 @@ def read_pickle_restricted(path: str | os.PathLike[str]) -> Any:
     except CheckpointError:
         raise
     except pickle.UnpicklingError as exc:
-        forbidden = _forbidden_global_named_by(exc)  # from a tensor payload, via torch.load(weights_only=True)
+        # Raised by torch.load(weights_only=True) on a tensor payload.
+        forbidden = _forbidden_global_named_by(exc)
         if forbidden is not None:
             raise CheckpointError(
                 f"{path}: refusing to load: a tensor payload asks for the global '{forbidden}', which is not "
@@ -377,7 +415,8 @@ def read_pickle_restricted(path: str | os.PathLike[str]) -> Any:
     except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, TypeError, AttributeError,
             KeyError, IndexError, MemoryError, UnicodeDecodeError, OverflowError) as exc:
         raise CheckpointError(
-            f"{path}: not a readable EG3D pickle (truncated or corrupt?): {type(exc).__name__}: {_short_reason(exc)}"
+            f"{path}: not a readable EG3D pickle (truncated or corrupt?): "
+            f"{type(exc).__name__}: {_short_reason(exc)}"
         ) from exc
 
 
@@ -387,7 +426,9 @@ def _module_state(node: Any, where: str, path: Path) -> dict[str, Any]:
     elif isinstance(node, PickledObjectRecord):
         state = node.state
     else:
-        raise CheckpointError(f"{path}: '{where or 'G_ema'}' is a {type(node).__name__}, not a network module")
+        raise CheckpointError(
+            f"{path}: '{where or 'G_ema'}' is a {type(node).__name__}, not a network module"
+        )
     for required in ("_parameters", "_buffers", "_modules"):
         if not isinstance(state.get(required), dict):
             raise CheckpointError(f"{path}: '{where or 'G_ema'}' has no {required}: not a torch module")
@@ -446,7 +487,9 @@ def read_nvidia_pickle(path: str | os.PathLike[str]) -> NvidiaGeneratorRecord:
 
     resolution = state.get("neural_rendering_resolution")
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0:
-        raise CheckpointError(f"{path}: G_ema has no valid neural_rendering_resolution (found {resolution!r})")
+        raise CheckpointError(
+            f"{path}: G_ema has no valid neural_rendering_resolution (found {resolution!r})"
+        )
     init_kwargs = _plain_data(state.get("_init_kwargs", {}), "G_ema.init_kwargs", path)
     init_args = _plain_data(list(state.get("_init_args", ())), "G_ema.init_args", path)
     rendering_kwargs = state.get("rendering_kwargs", init_kwargs.get("rendering_kwargs"))
@@ -613,7 +656,9 @@ def read_checkpoint(
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         if kwargs_path is not None:
-            raise CheckpointError(f"{path}: a .pkl carries its own constructor kwargs; do not pass kwargs_path")
+            raise CheckpointError(
+                f"{path}: a .pkl carries its own constructor kwargs; do not pass kwargs_path"
+            )
         return read_nvidia_pickle(path).to_checkpoint()
     if suffix in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES:
         return read_state_dict_checkpoint(path, kwargs_path)
@@ -698,10 +743,11 @@ def load_generator(
 
 def _write_atomically(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Temp file in the same folder, fsync, os.replace: readers never see a half-written file."""
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False)
-    temp_path = Path(handle.name)
+    temp_path = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    # os.open with 0o666 lets the umask decide the mode, as for any normally written file.
+    descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with handle:
+        with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -722,13 +768,17 @@ def _write_atomically(target: Path, write: Callable[[io.BufferedWriter], None]) 
 
 
 def save_generator_checkpoint(
-    checkpoint: GeneratorCheckpoint, out_dir: str | os.PathLike[str], weights_format: WeightsFormat = "safetensors"
+    checkpoint: GeneratorCheckpoint,
+    out_dir: str | os.PathLike[str],
+    weights_format: WeightsFormat = "safetensors",
 ) -> SavedGeneratorFiles:
     """Write ``generator.safetensors`` (or ``generator.pt``) and ``generator.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Own contiguous copies: safetensors refuses shared or strided storage.
-    tensors = {key: tensor.detach().to("cpu").contiguous().clone() for key, tensor in checkpoint.state_dict.items()}
+    tensors = {
+        key: tensor.detach().to("cpu").contiguous().clone() for key, tensor in checkpoint.state_dict.items()
+    }
     if weights_format == "safetensors":
         from safetensors.torch import save as safetensors_bytes
 

@@ -1,6 +1,6 @@
 """Convert an official EG3D ``.pkl`` into a plain state dict plus ``generator.json``.
 
-    python -m networks.eg3d.convert ffhqrebalanced512-128.pkl checkpoints/ffhq512-128 [--format safetensors|pt]
+    python -m networks.eg3d.convert ffhqrebalanced512-128.pkl checkpoints/ffhq512-128 [--format pt]
 
 The pickle is read by the restricted unpickler of ``networks.eg3d.checkpoint`` (no NVIDIA code is
 imported or executed). Before anything is written, the weights are loaded strictly into our own
@@ -24,10 +24,10 @@ from networks.eg3d.checkpoint import (
     save_generator_checkpoint,
 )
 
-PLANE_AXES_NOTE = (
-    "tri-planes are projected NVIDIA's way (XY, XZ, ZX); the released weights depend on it and our "
-    "generator keeps it by default"
-)
+PLANE_AXES_NOTES = {
+    "eg3d": "eg3d (NVIDIA's XY, XZ, ZX projection, which the released weights depend on; our default)",
+    "orthogonal": "orthogonal (XY, XZ, ZY; only for generators trained with the corrected planes)",
+}
 
 
 @dataclass
@@ -83,7 +83,8 @@ def convert_pickle(input_path: Path, out_dir: Path, weights_format: str) -> Save
     print(f"  config: {closest_named_config(checkpoint.metadata.generator_kwargs).describe()}")
     print(f"  tensors: {len(checkpoint.state_dict)} ({values:,} values)")
     print(f"  neural rendering resolution: {record.neural_rendering_resolution}")
-    print(f"  plane axes: {PLANE_AXES_NOTE}")
+    projection = str(checkpoint.metadata.generator_kwargs.get("plane_projection", "eg3d"))
+    print(f"  plane axes: {PLANE_AXES_NOTES.get(projection, projection)}")
     return saved
 
 
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("input", type=Path, help="official EG3D pickle, e.g. ffhqrebalanced512-128.pkl")
     parser.add_argument("out_dir", type=Path, help="folder for generator.<format> and generator.json")
-    parser.add_argument("--format", choices=("safetensors", "pt"), default="safetensors", dest="weights_format")
+    parser.add_argument(
+        "--format", choices=("safetensors", "pt"), default="safetensors", dest="weights_format"
+    )
     args = parser.parse_args(argv)
     try:
         convert_pickle(args.input, args.out_dir, args.weights_format)
