@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from networks.eg3d.generator import TriPlaneGenerator
+from networks.eg3d.layers import FullyConnectedLayer
 
 _RELEASED_RENDERING = {
     "image_resolution": 512,
@@ -102,22 +103,30 @@ def build_generator(name_or_kwargs: str | dict[str, Any], neural_rendering_resol
 def randomize_generator_weights_(generator: TriPlaneGenerator, seed: int) -> TriPlaneGenerator:
     """Non-trivial random weights (as in the golden fixture) so biases, noise and truncation all matter.
 
-    Weights, constants and noise buffers ~ N(0, 1); biases ~ N(0, 0.1); affine biases ~ 1 + N(0, 0.1);
-    noise strengths ~ N(0, 0.1); w_avg ~ N(0, 0.5). Deterministic for a given seed.
+    Weights, constants and noise buffers are redrawn from the constructor's own distribution (N(0, 1),
+    divided by the layer's learning-rate multiplier for equalised FC layers: without that the mapping
+    network, lr_mul 0.01, would squash every z to almost the same w); biases ~ N(0, 0.1); affine biases
+    ~ 1 + N(0, 0.1); noise strengths ~ N(0, 0.1); w_avg ~ N(0, 0.5). Deterministic for a given seed.
     """
     rng = torch.Generator().manual_seed(int(seed))
+    weight_scale = {
+        f"{name}.weight": 1.0 / module.bias_gain
+        for name, module in generator.named_modules()
+        if isinstance(module, FullyConnectedLayer)
+    }
     for name, tensor in generator.state_dict(keep_vars=True).items():
         leaf = name.rsplit(".", 1)[-1]
         if leaf in ("resample_filter", "dataset_label_std"):
             continue
+        noise = torch.randn(tensor.shape, generator=rng)
         if name.endswith("affine.bias"):
-            tensor.copy_(1 + 0.1 * torch.randn(tensor.shape, generator=rng))
+            tensor.copy_(1 + 0.1 * noise)
         elif leaf in ("bias", "noise_strength"):
-            tensor.copy_(0.1 * torch.randn(tensor.shape, generator=rng))
+            tensor.copy_(0.1 * noise)
         elif leaf == "w_avg":
-            tensor.copy_(0.5 * torch.randn(tensor.shape, generator=rng))
+            tensor.copy_(0.5 * noise)
         else:
-            tensor.copy_(torch.randn(tensor.shape, generator=rng))
+            tensor.copy_(noise * weight_scale.get(name, 1.0))
     return generator
 
 

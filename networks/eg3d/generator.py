@@ -10,6 +10,7 @@ Each stage is a separate named method, which is what inversion methods need (GOA
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,17 @@ from networks.eg3d.superresolution import SuperresolutionHybrid8XDC
 TRIPLANE_RESOLUTION = 256
 TRIPLANE_CHANNELS = 32
 SUPPORTED_SUPERRESOLUTION = "SuperresolutionHybrid8XDC"
-DEFAULT_RAYS_PER_CHUNK = 16384
+DEFAULT_POINTS_PER_CHUNK = 2**20  # radiance-field queries per renderer chunk (bounds memory, not results)
+
+
+@dataclass
+class VolumeRender:
+    """The neural rendering before super-resolution (images at the neural rendering resolution)."""
+
+    feature_image: torch.Tensor  # [N, 32, R, R], ≈[-1, 1]
+    image_depth: torch.Tensor  # [N, 1, R, R], distance along unit rays
+    weights_sum: torch.Tensor  # [N, 1, R, R], accumulated opacity
+    rays: Rays
 
 
 def camera_matrices(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,9 +65,10 @@ def _check_rendering_options(options: dict) -> None:
 class TriPlaneGenerator(nn.Module):
     """EG3D generator. Constructor arguments are the official ones, so a checkpoint's init kwargs apply.
 
-    ``plane_projection`` is ours: 'eg3d' (XY, XZ, ZX: what the released weights need) or
-    'orthogonal' (XY, XZ, ZY) for generators trained with the corrected planes.
-    ``rays_per_chunk`` bounds renderer memory; it does not change results.
+    Our own options (not in the official class): ``plane_projection`` 'eg3d' (XY, XZ, ZX: what the
+    released weights need) or 'orthogonal' (XY, XZ, ZY) for generators trained with the corrected
+    planes; ``plane_sampler`` 'auto' | 'gather' | 'grid_sample' (same values, different speed);
+    ``points_per_chunk`` bounds renderer memory without changing results.
     """
 
     def __init__(
@@ -71,7 +83,8 @@ class TriPlaneGenerator(nn.Module):
         rendering_kwargs: dict | None = None,
         sr_kwargs: dict | None = None,
         plane_projection: str = "eg3d",
-        rays_per_chunk: int = DEFAULT_RAYS_PER_CHUNK,
+        plane_sampler: str = "auto",
+        points_per_chunk: int = DEFAULT_POINTS_PER_CHUNK,
         **synthesis_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -94,10 +107,10 @@ class TriPlaneGenerator(nn.Module):
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution = img_resolution
         self.rendering_kwargs = rendering_kwargs
-        self.rays_per_chunk = rays_per_chunk
+        self.points_per_chunk = points_per_chunk
         # Registered first so it leads the state dict, as in NVIDIA's checkpoints (unused by the forward pass).
         self.register_buffer("dataset_label_std", torch.ones([c_dim]))
-        self.renderer = ImportanceRenderer(plane_projection)
+        self.renderer = ImportanceRenderer(plane_projection, plane_sampler)
         self.backbone = StyleGAN2Backbone(
             z_dim, c_dim, w_dim, img_resolution=TRIPLANE_RESOLUTION, img_channels=TRIPLANE_CHANNELS * 3,
             mapping_kwargs=mapping_kwargs, **synthesis_kwargs,
@@ -160,6 +173,43 @@ class TriPlaneGenerator(nn.Module):
             int(self.rendering_kwargs["depth_resolution_importance"]), generator=generator, device=device,
         )
 
+    def sample_radiance(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Radiance-field query at world points [N, M, 3] -> (features [N, M, 32] in (-0.001, 1.001),
+        raw density [N, M, 1]; the renderer applies softplus(density - 1)). For meshes and shape export."""
+        return self.renderer.radiance(planes, self.decoder, points, float(self.rendering_kwargs["box_warp"]))
+
+    def volume_render(
+        self,
+        planes: torch.Tensor,
+        c: torch.Tensor,
+        draws: RendererDraws | None = None,
+        neural_rendering_resolution: int | None = None,
+    ) -> VolumeRender:
+        """Neural rendering only (no super-resolution): feature image, depth, opacity and rays."""
+        resolution = int(neural_rendering_resolution or self.neural_rendering_resolution)
+        cam2world, intrinsics = camera_matrices(c.to(planes.dtype))
+        rays = rays_from_cameras(cam2world, intrinsics, resolution)
+        n = planes.shape[0]
+        depth_resolution = int(self.rendering_kwargs["depth_resolution"])
+        importance_resolution = int(self.rendering_kwargs["depth_resolution_importance"])
+        if draws is None:
+            draws = self.sample_draws(n, resolution, device=planes.device)
+        draws.check_shape(n, resolution * resolution, depth_resolution, importance_resolution)
+        rays_per_chunk = max(1, self.points_per_chunk // (n * (depth_resolution + importance_resolution)))
+        marched = self.renderer(planes, self.decoder, rays, draws, self.rendering_kwargs, rays_per_chunk)
+
+        def as_image(x: torch.Tensor) -> torch.Tensor:
+            return x.permute(0, 2, 1).reshape(n, -1, resolution, resolution).contiguous()
+
+        return VolumeRender(
+            feature_image=as_image(marched.features), image_depth=as_image(marched.depth),
+            weights_sum=as_image(marched.weights_sum), rays=rays,
+        )
+
+    def superresolve(self, feature_image: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+        """Final image from the neural feature image, driven by the last row of ``ws``."""
+        return self.superresolution(feature_image[:, :3], feature_image, ws)
+
     def render_planes(
         self,
         planes: torch.Tensor,
@@ -169,23 +219,11 @@ class TriPlaneGenerator(nn.Module):
         neural_rendering_resolution: int | None = None,
     ) -> RenderOutput:
         """Volume-render ``planes`` at cameras ``c`` and super-resolve with the last row of ``ws``."""
-        resolution = int(neural_rendering_resolution or self.neural_rendering_resolution)
-        cam2world, intrinsics = camera_matrices(c.to(planes.dtype))
-        rays = rays_from_cameras(cam2world, intrinsics, resolution)
-        n = planes.shape[0]
-        if draws is None:
-            draws = self.sample_draws(n, resolution, device=planes.device)
-        draws.check_shape(n, resolution * resolution, int(self.rendering_kwargs["depth_resolution"]),
-                          int(self.rendering_kwargs["depth_resolution_importance"]))
-        marched = self.renderer(planes, self.decoder, rays, draws, self.rendering_kwargs, self.rays_per_chunk)
-        feature_image = marched.features.permute(0, 2, 1).reshape(n, -1, resolution, resolution).contiguous()
-        depth_image = marched.depth.permute(0, 2, 1).reshape(n, 1, resolution, resolution)
-        weights_image = marched.weights_sum.permute(0, 2, 1).reshape(n, 1, resolution, resolution)
-        rgb_image = feature_image[:, :3]
-        image = self.superresolution(rgb_image, feature_image, ws)
+        volume = self.volume_render(planes, c, draws, neural_rendering_resolution)
         return RenderOutput(
-            image=image, image_raw=rgb_image, image_depth=depth_image, feature_image=feature_image,
-            ray_origins=rays.origins, ray_directions=rays.directions, weights_sum=weights_image,
+            image=self.superresolve(volume.feature_image, ws), image_raw=volume.feature_image[:, :3],
+            image_depth=volume.image_depth, feature_image=volume.feature_image,
+            ray_origins=volume.rays.origins, ray_directions=volume.rays.directions, weights_sum=volume.weights_sum,
         )
 
     def synthesis(
@@ -219,4 +257,4 @@ class TriPlaneGenerator(nn.Module):
         return f"neural_rendering_resolution={self.neural_rendering_resolution}, plane_projection={self.renderer.plane_projection}"
 
 
-__all__ = ["TriPlaneGenerator", "camera_matrices", "Rays"]
+__all__ = ["TriPlaneGenerator", "VolumeRender", "camera_matrices", "Rays"]

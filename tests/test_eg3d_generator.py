@@ -1,0 +1,191 @@
+"""Our EG3D's building blocks against the official formulations, and its public API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cameras import canonical_camera_label, look_at_label, pixel_grid_rays
+from networks.eg3d.configs import build_generator, generator_from_config, randomize_generator_weights_
+from networks.eg3d.generator import TriPlaneGenerator, camera_matrices
+from networks.eg3d.layers import (
+    make_resample_filter,
+    modulated_conv2d,
+    upconv3x3_then_filter,
+    upconv3x3_then_filter_reference,
+)
+from networks.eg3d.outputs import RendererDraws
+from networks.eg3d.renderer import (
+    compositing_weights,
+    march_merged_samples,
+    march_rays,
+    rays_from_cameras,
+    sample_mean_plane_features,
+    sample_mean_plane_features_reference,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TriPlaneGenerator:
+    return generator_from_config("tiny", random_init=True, seed=3)
+
+
+def test_phase_upconv_equals_transposed_conv_formulation():
+    torch.manual_seed(0)
+    fir = make_resample_filter()
+    x, w = torch.randn(2, 8, 9, 9), torch.randn(6, 8, 3, 3)
+    assert torch.allclose(upconv3x3_then_filter(x, w, fir, 1), upconv3x3_then_filter_reference(x, w, fir, 1), atol=1e-5)
+    grouped_x, grouped_w = x.reshape(1, 16, 9, 9), torch.randn(12, 8, 3, 3)
+    ours = upconv3x3_then_filter(grouped_x, grouped_w, fir, 2)
+    assert ours.shape == (1, 12, 18, 18)
+    assert torch.allclose(ours, upconv3x3_then_filter_reference(grouped_x, grouped_w, fir, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+def test_fused_and_unfused_modulated_conv_agree(upsample: bool):
+    torch.manual_seed(1)
+    x, w, styles, noise = torch.randn(3, 8, 6, 6), torch.randn(5, 8, 3, 3), torch.randn(3, 8), torch.randn(1, 1, 1, 1)
+    fir = make_resample_filter()
+    fused = modulated_conv2d(x, w, styles, noise, upsample, 1, fir, demodulate=True, fused=True)
+    unfused = modulated_conv2d(x, w, styles, noise, upsample, 1, fir, demodulate=True, fused=False)
+    assert torch.allclose(fused, unfused, atol=1e-5)
+    # Demodulation: with unit-variance input and no noise, each output channel is independent of the
+    # style scale (scaling the styles by 7 leaves the result unchanged).
+    scaled = modulated_conv2d(x, w, 7 * styles, None, upsample, 1, fir, demodulate=True, fused=False)
+    plain = modulated_conv2d(x, w, styles, None, upsample, 1, fir, demodulate=True, fused=False)
+    assert torch.allclose(scaled, plain, atol=1e-5)
+
+
+def test_gather_plane_sampling_matches_grid_sample_values_and_gradients():
+    torch.manual_seed(2)
+    planes = torch.randn(2, 3, 5, 7, 6, requires_grad=True)
+    points = (torch.rand(2, 50, 3) - 0.5) * 1.3  # some points outside the box read zeros
+    ours = sample_mean_plane_features(planes, points, 1.0, "eg3d")
+    reference = sample_mean_plane_features_reference(planes, points, 1.0, "eg3d")
+    assert torch.allclose(ours, reference, atol=1e-6)
+    grad_ours = torch.autograd.grad(ours.square().sum(), planes)[0]
+    grad_ref = torch.autograd.grad(reference.square().sum(), planes)[0]
+    assert torch.allclose(grad_ours, grad_ref, atol=1e-5)
+
+
+def test_plane_projection_option_changes_only_the_third_plane():
+    points = torch.tensor([[[0.1, 0.2, 0.3]]])
+    planes = torch.zeros(1, 3, 1, 8, 8)
+    planes[:, 2] = torch.arange(64.0).reshape(8, 8)  # only the third plane carries signal
+    eg3d = sample_mean_plane_features_reference(planes, points, 1.0, "eg3d")
+    orthogonal = sample_mean_plane_features_reference(planes, points, 1.0, "orthogonal")
+    assert not torch.allclose(eg3d, orthogonal)
+
+
+def test_merged_marching_equals_official_sort_then_march():
+    torch.manual_seed(3)
+    n, m, d1, d2, c = 2, 5, 6, 4, 3
+    depths = (torch.rand(n, m, d1, 1) + 2.0, torch.rand(n, m, d2, 1) + 2.0)
+    densities = (torch.randn(n, m, d1, 1), torch.randn(n, m, d2, 1))
+    features = (torch.rand(n, m, d1, c), torch.rand(n, m, d2, c))
+    ours, merged_depths = march_merged_samples(features, densities, depths)
+    all_depths = torch.cat(depths, -2)
+    order = torch.sort(all_depths, dim=-2).indices
+    reference = march_rays(
+        torch.gather(torch.cat(features, -2), -2, order.expand(-1, -1, -1, c)),
+        torch.gather(torch.cat(densities, -2), -2, order),
+        torch.gather(all_depths, -2, order),
+    )
+    assert torch.allclose(ours.features, reference.features, atol=1e-6)
+    assert torch.allclose(ours.depth, reference.depth, atol=1e-6)
+    assert torch.allclose(ours.weights_sum, reference.weights_sum, atol=1e-6)
+    assert torch.equal(merged_depths, all_depths)
+
+
+def test_compositing_weights_closed_form():
+    # One interval of constant raw density s between depths 0 and 1: alpha = 1 - exp(-softplus(s - 1)).
+    density = torch.full((1, 1, 2, 1), 2.0)
+    depth = torch.tensor([0.0, 1.0]).reshape(1, 1, 2, 1)
+    weights = compositing_weights(density, depth)
+    expected = 1 - torch.exp(-torch.nn.functional.softplus(torch.tensor(1.0)))
+    assert torch.allclose(weights.flatten(), expected.reshape(1))
+
+
+def test_renderer_rays_agree_with_camera_module():
+    label = look_at_label(torch.tensor([0.3, -0.2]), torch.tensor([0.1, 0.0]))
+    ours = rays_from_cameras(*camera_matrices(label), resolution=8)
+    theirs = pixel_grid_rays(label, 8)
+    assert torch.allclose(ours.origins, theirs.origins, atol=1e-6)
+    assert torch.allclose(ours.directions, theirs.directions, atol=1e-6)
+
+
+def test_tiny_generator_stages_compose(tiny: TriPlaneGenerator):
+    z, c = torch.randn(2, tiny.z_dim), canonical_camera_label(2)
+    with torch.no_grad():
+        ws = tiny.mapping(z, c)
+        assert ws.shape == (2, 14, 512)
+        features = tiny.synthesize_features(ws, until_block="b32")
+        assert features.features.shape == (2, 32, 32, 32) and features.skip_image.shape == (2, 96, 32, 32)
+        resumed = tiny.synthesize_planes_from_features(ws, features)
+        planes = tiny.synthesize_planes(ws)
+        assert planes.shape == (2, 3, 32, 256, 256)
+        assert torch.allclose(resumed, planes, atol=1e-6)
+        draws = tiny.sample_draws(2, generator=torch.Generator().manual_seed(0))
+        full = tiny.synthesis(ws, c, draws=draws)
+        rendered = tiny.render_planes(planes, ws, c, draws=draws)
+    assert full.image.shape == (2, 3, 64, 64) and full.image_depth.shape == (2, 1, 16, 16)
+    assert torch.allclose(full.image, rendered.image, atol=1e-6)
+    ray_start, ray_end = tiny.rendering_kwargs["ray_start"], tiny.rendering_kwargs["ray_end"]
+    assert full.image_depth.min() >= ray_start and full.image_depth.max() <= ray_end + 0.1
+    assert (full.image[0] - full.image[1]).abs().mean() > 0.05  # different z -> different images
+
+
+def test_chunking_does_not_change_the_rendering(tiny: TriPlaneGenerator):
+    ws = tiny.mapping(torch.randn(2, tiny.z_dim), canonical_camera_label(2))
+    c = look_at_label(torch.tensor([0.2, -0.3]), torch.tensor([0.0, 0.1]))
+    draws = tiny.sample_draws(2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        planes = tiny.synthesize_planes(ws)
+        whole = tiny.render_planes(planes, ws, c, draws=draws)
+        budget = tiny.points_per_chunk
+        tiny.points_per_chunk = 2 * 24 * 7  # 7 rays per chunk, not a divisor of 256
+        try:
+            chunked = tiny.render_planes(planes, ws, c, draws=draws)
+        finally:
+            tiny.points_per_chunk = budget
+    for name in ("image", "image_depth", "feature_image", "weights_sum"):
+        assert torch.allclose(getattr(whole, name), getattr(chunked, name), atol=1e-6), name
+
+
+def test_truncation_moves_ws_towards_w_avg(tiny: TriPlaneGenerator):
+    z, c = torch.randn(3, tiny.z_dim), canonical_camera_label(3)
+    full = tiny.mapping(z, c)
+    truncated = tiny.mapping(z, c, truncation_psi=0.5, truncation_cutoff=8)
+    expected = tiny.w_avg + 0.5 * (full[:, :8] - tiny.w_avg)
+    assert torch.allclose(truncated[:, :8], expected, atol=1e-6)
+    assert torch.equal(truncated[:, 8:], full[:, 8:])
+
+
+def test_gradients_reach_ws_through_rendering(tiny: TriPlaneGenerator):
+    ws = tiny.mapping(torch.randn(1, tiny.z_dim), canonical_camera_label(1)).requires_grad_(True)
+    out = tiny.synthesis(ws, canonical_camera_label(1))
+    (out.image.mean() + out.image_depth.mean()).backward()
+    assert ws.grad is not None and ws.grad.abs().sum() > 0
+
+
+def test_random_init_gives_distinct_latents():
+    generator = randomize_generator_weights_(build_generator("tiny"), seed=0)
+    ws = generator.mapping(torch.randn(8, generator.z_dim), canonical_camera_label(8))
+    assert ws[:, 0].std(0).mean() > 0.05  # mapping weights keep the 1/lr_multiplier scale
+
+
+def test_clear_errors_for_bad_inputs(tiny: TriPlaneGenerator):
+    with pytest.raises(ValueError, match=r"\[N, 14, 512\]"):
+        tiny.synthesize_planes(torch.zeros(1, 13, 512))
+    with pytest.raises(ValueError, match=r"\[N, 25\]"):
+        tiny.synthesis(torch.zeros(1, 14, 512), torch.zeros(1, 16))
+    with pytest.raises(ValueError, match="unknown backbone block"):
+        tiny.synthesize_features(torch.zeros(1, 14, 512), until_block="b33")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        generator_from_config("ffhq512-128")
+    bad = dict(build_generator("tiny").init_kwargs)
+    bad["rendering_kwargs"] = {**bad["rendering_kwargs"], "clamp_mode": "relu"}
+    with pytest.raises(ValueError, match="clamp_mode"):
+        TriPlaneGenerator(**bad)
+    with pytest.raises(ValueError, match="draws"):
+        tiny.synthesis(torch.zeros(1, 14, 512), canonical_camera_label(1), draws=RendererDraws(torch.zeros(1, 2, 3, 1), torch.zeros(2, 3)))
