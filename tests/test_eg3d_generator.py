@@ -189,3 +189,23 @@ def test_clear_errors_for_bad_inputs(tiny: TriPlaneGenerator):
         TriPlaneGenerator(**bad)
     with pytest.raises(ValueError, match="draws"):
         tiny.synthesis(torch.zeros(1, 14, 512), canonical_camera_label(1), draws=RendererDraws(torch.zeros(1, 2, 3, 1), torch.zeros(2, 3)))
+
+
+def test_channels_last_and_bf16_autocast_paths(tiny: TriPlaneGenerator):
+    ws = tiny.mapping(torch.randn(2, tiny.z_dim), canonical_camera_label(2))
+    c = canonical_camera_label(2)
+    draws = tiny.sample_draws(2, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        reference = tiny.synthesis(ws, c, draws=draws)
+        tiny.use_channels_last()
+        try:
+            channels_last = tiny.synthesis(ws, c, draws=draws)
+        finally:
+            tiny.use_channels_last(False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low_precision = tiny.synthesis(ws, c, draws=draws)
+    assert torch.allclose(channels_last.image, reference.image, atol=1e-5)
+    # bf16 backbone/SR: close but not equal; the volume renderer itself always runs in fp32.
+    assert low_precision.image_depth.dtype == torch.float32
+    assert (low_precision.image.float() - reference.image).abs().mean() < 0.05
+    assert not torch.equal(low_precision.image.float(), reference.image)

@@ -123,6 +123,14 @@ class TriPlaneGenerator(nn.Module):
                                   lr_multiplier=float(rendering_kwargs.get("decoder_lr_mul", 1.0)))
         self.neural_rendering_resolution = 64  # official constructor default; loaders set the checkpoint's value
 
+    def use_channels_last(self, enabled: bool = True) -> "TriPlaneGenerator":
+        """Run the backbone and super-resolution convolutions on NHWC activations (faster on GPUs)."""
+        memory_format = torch.channels_last if enabled else torch.contiguous_format
+        for module in self.modules():
+            if hasattr(module, "memory_format"):
+                module.memory_format = memory_format
+        return self
+
     @property
     def num_ws(self) -> int:
         return self.backbone.num_ws
@@ -187,7 +195,15 @@ class TriPlaneGenerator(nn.Module):
     ) -> VolumeRender:
         """Neural rendering only (no super-resolution): feature image, depth, opacity and rays."""
         resolution = int(neural_rendering_resolution or self.neural_rendering_resolution)
-        cam2world, intrinsics = camera_matrices(c.to(planes.dtype))
+        # Volume rendering stays in fp32 even under bf16/fp16 autocast (as in the official code, which
+        # only runs the super-resolution in reduced precision): depth sorting and transmittance need it.
+        with torch.autocast(device_type=planes.device.type, enabled=False):
+            return self._volume_render_fp32(planes.float(), c.float(), draws, resolution)
+
+    def _volume_render_fp32(
+        self, planes: torch.Tensor, c: torch.Tensor, draws: RendererDraws | None, resolution: int
+    ) -> VolumeRender:
+        cam2world, intrinsics = camera_matrices(c)
         rays = rays_from_cameras(cam2world, intrinsics, resolution)
         n = planes.shape[0]
         depth_resolution = int(self.rendering_kwargs["depth_resolution"])

@@ -291,6 +291,7 @@ class SynthesisBlock(nn.Module):
         self.in_channels = in_channels
         self.resolution = resolution
         self.fused_modconv_default = fused_modconv_default
+        self.memory_format = torch.contiguous_format  # TriPlaneGenerator.use_channels_last() switches it
         self.register_buffer("resample_filter", make_resample_filter())
         self.num_conv = 0
         self.num_torgb = 0
@@ -321,10 +322,10 @@ class SynthesisBlock(nn.Module):
         batch = ws.shape[0]
         fused = self.use_fused_modconv(batch)
         if self.in_channels == 0:
-            x = self.const.to(ws.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+            x = self.const.to(ws.dtype).unsqueeze(0).expand(batch, -1, -1, -1).contiguous(memory_format=self.memory_format)
             x = self.conv1(x, next(w_iter), noise_mode, fused)
         else:
-            x = self.conv0(x, next(w_iter), noise_mode, fused)
+            x = self.conv0(x.contiguous(memory_format=self.memory_format), next(w_iter), noise_mode, fused)
             x = self.conv1(x, next(w_iter), noise_mode, fused)
         if img is not None:
             img = upsample2d(img, self.resample_filter)
