@@ -43,9 +43,9 @@ from helpers_persistence import (  # noqa: E402
     write_fake_official_pickle,
 )
 
-GOLDEN_PATH = Path("/work/shared/eg3d/golden_small.pt")
-if not GOLDEN_PATH.is_file():  # the checkout may carry it under shared/
-    GOLDEN_PATH = Path(__file__).resolve().parents[1] / "shared" / "eg3d" / "golden_small.pt"
+from shared_files import SHARED_DIR, require_shared_file  # noqa: E402
+
+GOLDEN_PATH = SHARED_DIR / "eg3d" / "golden_small.pt"
 
 
 def _generator_available() -> bool:
@@ -69,9 +69,7 @@ needs_generator = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def golden() -> dict[str, Any]:
-    if not GOLDEN_PATH.is_file():
-        pytest.skip(f"golden fixture {GOLDEN_PATH} not present")
-    data = torch.load(GOLDEN_PATH, map_location="cpu", weights_only=True)
+    data = torch.load(require_shared_file("eg3d/golden_small.pt"), map_location="cpu", weights_only=True)
     return {
         "state_dict": {key: value.float() for key, value in data["state_dict"].items()},
         "generator_kwargs": data["generator_kwargs"],

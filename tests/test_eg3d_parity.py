@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,17 +10,13 @@ from networks.eg3d.configs import GENERATOR_CONFIGS, build_generator
 from networks.eg3d.generator import TriPlaneGenerator
 from networks.eg3d.outputs import RendererDraws
 
-SHARED_EG3D = Path(__file__).resolve().parents[2] / "shared" / "eg3d"
-GOLDEN = SHARED_EG3D / "golden_small.pt"
-MANIFEST = SHARED_EG3D / "ffhq512-128.keys.json"
+from shared_files import require_shared_file
+
 TOLERANCE = 1e-4  # the official code vs a faithful fp32 re-implementation: ~1e-5 expected, 1e-3 = a bug
-
-pytestmark = pytest.mark.skipif(not GOLDEN.exists(), reason=f"golden fixture not found at {GOLDEN}")
-
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    return torch.load(GOLDEN, weights_only=True)
+    return torch.load(require_shared_file("eg3d/golden_small.pt"), weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_state_dict_matches_official_manifest():
-    manifest = json.loads(MANIFEST.read_text())
+    manifest = json.loads(require_shared_file("eg3d/ffhq512-128.keys.json").read_text())
     generator = build_generator("ffhq512-128")
     state = generator.state_dict()
     assert len(state) == len(manifest) == 177
