@@ -11,8 +11,6 @@ from networks.eg3d.generator import TriPlaneGenerator, camera_matrices
 from networks.eg3d.layers import (
     make_resample_filter,
     modulated_conv2d,
-    upconv3x3_then_filter,
-    upconv3x3_then_filter_reference,
 )
 from networks.eg3d.outputs import RendererDraws
 from networks.eg3d.renderer import (
@@ -28,17 +26,6 @@ from networks.eg3d.renderer import (
 @pytest.fixture(scope="module")
 def tiny() -> TriPlaneGenerator:
     return generator_from_config("tiny", random_init=True, seed=3)
-
-
-def test_phase_upconv_equals_transposed_conv_formulation():
-    torch.manual_seed(0)
-    fir = make_resample_filter()
-    x, w = torch.randn(2, 8, 9, 9), torch.randn(6, 8, 3, 3)
-    assert torch.allclose(upconv3x3_then_filter(x, w, fir, 1), upconv3x3_then_filter_reference(x, w, fir, 1), atol=1e-5)
-    grouped_x, grouped_w = x.reshape(1, 16, 9, 9), torch.randn(12, 8, 3, 3)
-    ours = upconv3x3_then_filter(grouped_x, grouped_w, fir, 2)
-    assert ours.shape == (1, 12, 18, 18)
-    assert torch.allclose(ours, upconv3x3_then_filter_reference(grouped_x, grouped_w, fir, 2), atol=1e-5)
 
 
 @pytest.mark.parametrize("upsample", [False, True])
