@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from networks.ir_se import BottleneckIRSE
+
 from losses.frozen import (
     RANDOM_INIT,
     FrozenNetworkHolder,
@@ -54,65 +56,10 @@ PSP_FACE_CROP = (35, 223, 32, 220)
 # (input channels, output channels, number of units) of the four IR-50 stages; the first unit of
 # each stage has stride 2 (TreB1eN's get_blocks(50)).
 IR50_STAGES: tuple[tuple[int, int, int], ...] = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
-SE_REDUCTION = 16
 
 
 class IdentityWeightsError(PretrainedWeightsError):
     """The configured ArcFace IR-SE50 file is missing or is not ``model_ir_se50.pth``."""
-
-
-class SqueezeExcitation(nn.Module):
-    """Channel gating x * sigmoid(fc2(relu(fc1(avgpool(x))))) with bias-free 1x1 convs ``fc1``, ``fc2``."""
-
-    def __init__(self, channels: int, reduction: int = SE_REDUCTION) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, bias=False)
-        self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
-        return x * gate
-
-
-class StridedSubsample(nn.Module):
-    """Identity shortcut of a (possibly strided) unit: keeps every ``stride``-th pixel (no parameters)."""
-
-    def __init__(self, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, :: self.stride, :: self.stride]
-
-
-class BottleneckIRSE(nn.Module):
-    """Improved-residual unit with squeeze-excitation: res_layer(x) + shortcut_layer(x).
-
-    res_layer = BN -> conv3x3 -> PReLU -> conv3x3(stride) -> BN -> SE (indices 0..5, as in the
-    released file); shortcut_layer = conv1x1(stride) -> BN when the width changes, otherwise a
-    parameter-free strided subsample.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        if in_channels == out_channels:
-            self.shortcut_layer: nn.Module = StridedSubsample(stride)
-        else:
-            self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-        self.res_layer = nn.Sequential(
-            nn.BatchNorm2d(in_channels),
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False),
-            nn.PReLU(out_channels),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            SqueezeExcitation(out_channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_layer(x) + self.shortcut_layer(x)
 
 
 class IRSE50(nn.Module):

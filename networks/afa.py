@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from networks.ir_se import BottleneckIRSE
+
 from networks.eg3d.outputs import BackboneFeatures
 from networks.encoders.attention import LatentCrossAttention
 
@@ -148,60 +150,6 @@ class ScaledLeakyReLU(nn.Module):
         return F.leaky_relu(x, SCALED_LRELU_SLOPE) * math.sqrt(2.0)
 
 
-class SqueezeExcitation(nn.Module):
-    """x * sigmoid(excite(relu(squeeze(avgpool(x))))), bias-free 1x1 convs."""
-
-    def __init__(self, channels: int, reduction: int) -> None:
-        super().__init__()
-        # max(1, .): tiny test widths would otherwise give a zero-width bottleneck.
-        hidden = max(1, channels // reduction)
-        self.squeeze = nn.Conv2d(channels, hidden, kernel_size=1, bias=False)
-        self.excite = nn.Conv2d(hidden, channels, kernel_size=1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.excite(F.relu(self.squeeze(F.adaptive_avg_pool2d(x, 1)))))
-
-
-class StridedSubsample(nn.Module):
-    """Parameter-free shortcut of a unit that keeps its width: every `stride`-th pixel (MaxPool2d(1, s))."""
-
-    def __init__(self, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, :: self.stride, :: self.stride]
-
-
-class IRSEUnit(nn.Module):
-    """Improved-residual unit with squeeze-excitation (ArcFace IR-SE): branch(x) + shortcut(x).
-
-    branch = BN -> conv3x3 -> PReLU -> conv3x3(stride) -> BN -> SE; shortcut = conv1x1(stride) -> BN when
-    the width changes, else a strided subsample.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, se_reduction: int) -> None:
-        super().__init__()
-        if in_channels == out_channels:
-            self.shortcut: nn.Module = StridedSubsample(stride)
-        else:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-        self.branch = nn.Sequential(
-            nn.BatchNorm2d(in_channels),
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False),
-            nn.PReLU(out_channels),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            SqueezeExcitation(out_channels, se_reduction),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branch(x) + self.shortcut(x)
-
-
 class ResidualEncoder(nn.Module):
     """Residual image [N, 3, R, R] -> features [N, output_channels, R/8, R/8] (three groups)."""
 
@@ -215,9 +163,9 @@ class ResidualEncoder(nn.Module):
         units: list[nn.Module] = []
         in_channels = config.stem_channels
         for out_channels in config.group_channels:
-            units.append(IRSEUnit(in_channels, out_channels, stride=2, se_reduction=config.se_reduction))
+            units.append(BottleneckIRSE(in_channels, out_channels, stride=2, se_reduction=config.se_reduction))
             units.extend(
-                IRSEUnit(out_channels, out_channels, stride=1, se_reduction=config.se_reduction)
+                BottleneckIRSE(out_channels, out_channels, stride=1, se_reduction=config.se_reduction)
                 for _ in range(config.units_per_group - 1)
             )
             in_channels = out_channels

@@ -9,9 +9,7 @@ reshaped or transposed:
 | theirs                                  | ours                                            |
 |-----------------------------------------|-------------------------------------------------|
 | input_layer.{0,1,2}                     | residual_encoder.stem.{0,1,2}                   |
-| body.i.shortcut_layer.{0,1}             | residual_encoder.units.i.shortcut.{0,1}         |
-| body.i.res_layer.5.fc1 / fc2            | residual_encoder.units.i.branch.5.squeeze / excite |
-| body.i.res_layer.{0..4}                 | residual_encoder.units.i.branch.{0..4}          |
+| body.i.*  (IR-SE units, pSp names)      | residual_encoder.units.i.*                      |
 | output_layer.{0,2}                      | residual_encoder.to_features.{0,2}              |
 | cross_att_{gamma,beta}.multihead_attn   | {gamma,beta}_head.attention                     |
 | cross_att_{gamma,beta}.linear1 / linear2 | {gamma,beta}_head.feedforward_in / feedforward_out |
@@ -38,10 +36,7 @@ AFA_CHECKPOINT_SOURCE = (
 # (pattern on the authors' key, replacement); the first matching rule renames the key.
 AFA_KEY_RULES: tuple[tuple[str, str], ...] = (
     (r"^input_layer\.", "residual_encoder.stem."),
-    (r"^body\.(\d+)\.shortcut_layer\.", r"residual_encoder.units.\1.shortcut."),
-    (r"^body\.(\d+)\.res_layer\.5\.fc1\.", r"residual_encoder.units.\1.branch.5.squeeze."),
-    (r"^body\.(\d+)\.res_layer\.5\.fc2\.", r"residual_encoder.units.\1.branch.5.excite."),
-    (r"^body\.(\d+)\.res_layer\.", r"residual_encoder.units.\1.branch."),
+    (r"^body\.", "residual_encoder.units."),  # IR-SE units keep pSp's names (networks/ir_se.py)
     (r"^output_layer\.", "residual_encoder.to_features."),
     (r"^cross_att_(gamma|beta)\.multihead_attn\.", r"\1_head.attention."),
     (r"^cross_att_(gamma|beta)\.linear1\.", r"\1_head.feedforward_in."),

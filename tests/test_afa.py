@@ -269,9 +269,9 @@ def test_released_state_dict_loads_strictly_and_places_every_value() -> None:
         "cross_att_gamma.linear1.weight": "gamma_head.feedforward_in.weight",
         "cross_att_beta.linear2.bias": "beta_head.feedforward_out.bias",
         "cross_att_beta.multihead_attn.in_proj_weight": "beta_head.attention.in_proj_weight",
-        "body.3.shortcut_layer.0.weight": "residual_encoder.units.3.shortcut.0.weight",
-        "body.8.res_layer.5.fc1.weight": "residual_encoder.units.8.branch.5.squeeze.weight",
-        "body.8.res_layer.5.fc2.weight": "residual_encoder.units.8.branch.5.excite.weight",
+        "body.3.shortcut_layer.0.weight": "residual_encoder.units.3.shortcut_layer.0.weight",
+        "body.8.res_layer.5.fc1.weight": "residual_encoder.units.8.res_layer.5.fc1.weight",
+        "body.8.res_layer.5.fc2.weight": "residual_encoder.units.8.res_layer.5.fc2.weight",
         "output_layer.2.bias": "residual_encoder.to_features.2.bias",
         "input_layer.2.weight": "residual_encoder.stem.2.weight",
     }
