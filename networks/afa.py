@@ -398,7 +398,6 @@ __all__ = [
     "AFAOutput",
     "AdaptiveFeatureAlignment",
     "EqualizedConv2d",
-    "IRSEUnit",
     "PlainCNNAlignment",
     "ResidualEncoder",
     "ResidualEncoderConfig",

@@ -106,7 +106,11 @@ def randomize_generator_weights_(generator: TriPlaneGenerator, seed: int) -> Tri
     Weights, constants and noise buffers are redrawn from the constructor's own distribution (N(0, 1),
     divided by the layer's learning-rate multiplier for equalised FC layers: without that the mapping
     network, lr_mul 0.01, would squash every z to almost the same w); biases ~ N(0, 0.1); affine biases
-    ~ 1 + N(0, 0.1); noise strengths ~ N(0, 0.1); w_avg ~ N(0, 0.5). Deterministic for a given seed.
+    ~ 1 + N(0, 0.1); noise strengths ~ N(0, 0.1). The decoder's output layer is sharpened (see
+    ``_increase_decoder_contrast_``) and ``w_avg`` is set to what training would have
+    tracked (the mean mapping output, over z ~ N(0, I) at the canonical camera), so that encoders which
+    start from w_avg (GOAE, e4e) start at the centre of the latents this generator actually produces.
+    Deterministic for a given seed.
     """
     rng = torch.Generator().manual_seed(int(seed))
     weight_scale = {
@@ -127,7 +131,32 @@ def randomize_generator_weights_(generator: TriPlaneGenerator, seed: int) -> Tri
             tensor.copy_(0.5 * noise)
         else:
             tensor.copy_(noise * weight_scale.get(name, 1.0))
+    _increase_decoder_contrast_(generator)
+    set_w_avg_to_mapping_mean_(generator, rng)
     return generator
+
+
+# An unscaled random OSG decoder renders an almost transparent (opacity ~0.3), uniformly grey radiance
+# field: its renderings hardly depend on the tri-planes, so nothing could be learned about w from them.
+# Sharper densities and features make random tri-planes render opaque, structured images and depths.
+DECODER_DENSITY_GAIN, DECODER_FEATURE_GAIN, DECODER_DENSITY_BIAS = 8.0, 4.0, 2.0
+
+
+@torch.no_grad()
+def _increase_decoder_contrast_(generator: TriPlaneGenerator) -> None:
+    last = generator.decoder.net[2]
+    last.weight[0] *= DECODER_DENSITY_GAIN
+    last.weight[1:] *= DECODER_FEATURE_GAIN
+    last.bias[0] += DECODER_DENSITY_BIAS
+
+
+@torch.no_grad()
+def set_w_avg_to_mapping_mean_(generator: TriPlaneGenerator, rng: torch.Generator, num_samples: int = 4096) -> None:
+    from cameras import canonical_camera_label  # local: cameras is a sibling package, not a dependency of eg3d
+
+    z = torch.randn([num_samples, generator.z_dim], generator=rng).to(generator.w_avg.device)
+    c = canonical_camera_label(num_samples, device=generator.w_avg.device)
+    generator.w_avg.copy_(generator.mapping(z, c)[:, 0].mean(dim=0))
 
 
 def freeze(generator: TriPlaneGenerator) -> TriPlaneGenerator:
