@@ -1,11 +1,11 @@
 """Train (or run) a stage of the GOAE framework. Configs: configs/train.yaml (Hydra).
 
-Built-in default (until stage 1 lands: a preview grid from the tiny generator, on CPU):
+Built-in default (GOAE stage 1 on synthetic data from the tiny generator, on CPU, a few minutes):
 $ python train.py
 
 Override anything, pick config groups:
 $ python train.py stage=preview generator=ffhq512-128 generator.checkpoint=pretrained/ffhqrebalanced512-128.pkl
-$ python train.py stage=encoder data=ffhq trainer.devices=8            # stage 1, 8 GPUs (DDP)
+$ python train.py experiment=goae_ffhq_stage1 generator.checkpoint=... trainer.devices=8   # stage 1, 8 GPUs (DDP)
 $ python train.py experiment=preview_tiny                             # a whole setup from configs/experiment/
 
 Resume in a stable run directory (logs/train/runs/<run_name>):

@@ -31,7 +31,7 @@ torch.set_num_threads(1)  # 2 shared cores: no oversubscription
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
 # Keeps the built-in preview small: 2 samples x 2 yaws.
-SMALL_PREVIEW_OVERRIDES = ("stage.num_samples=2", "stage.yaw_degrees=[-20.0,20.0]", "stage.device=cpu")
+SMALL_PREVIEW_OVERRIDES = ("stage=preview", "stage.num_samples=2", "stage.yaw_degrees=[-20.0,20.0]", "stage.device=cpu")
 
 
 def compose_train_config(overrides: Sequence[str] = (), return_hydra_config: bool = True) -> DictConfig:
@@ -69,5 +69,5 @@ def make_train_config(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
 @pytest.fixture
 def cfg_preview(make_train_config: Callable[..., DictConfig]) -> DictConfig:
-    """The default job (preview on the tiny generator), 2 samples x 2 yaws."""
+    """The preview job on the tiny generator (the default before stage 1), 2 samples x 2 yaws."""
     return make_train_config(*SMALL_PREVIEW_OVERRIDES)

@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, compose_train_config
 from runtime.config import ConfigError, check_required_values, resolve_ckpt_path
@@ -44,12 +44,15 @@ def _targets(node: object) -> list[str]:
     return []
 
 
-def test_default_config_is_the_preview_on_the_tiny_generator() -> None:
+def test_default_config_is_stage_one_on_synthetic_data_from_the_tiny_generator() -> None:
     cfg = compose_train_config(["run_name=abc"])
-    assert cfg.stage._target_ == "runtime.preview.GeneratorPreviewJob"
+    assert cfg.stage._target_ == "lightning_modules.GOAEEncoderStage"
+    assert cfg.stage.encoder.image_size == 64 and cfg.stage.encoder.backbone_weights == "random"
+    assert cfg.stage.loss_weights.lpips == 0 and cfg.stage.loss_weights.id == 0  # no pretrained weights offline
+    assert cfg.data.name == "synthetic_tiny" and cfg.data.splits.train.image_resolution == 64
     assert cfg.generator.name == "tiny" and cfg.generator.random_init is True
     assert cfg.generator.checkpoint is None
-    assert "data" not in cfg  # data: null -> no data node at all
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_steps <= 100
     assert list(cfg.logger) == ["csv"]
     # The run directory convention: logs/<task_name>/runs/<run_name> under the repository.
     assert Path(cfg.hydra.run.dir) == PROJECT_ROOT / "logs" / "train" / "runs" / "abc"

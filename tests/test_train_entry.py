@@ -89,7 +89,9 @@ def test_preview_is_reproducible_for_a_seed(cfg_preview: DictConfig, tmp_path: P
 def _with_toy_stage(cfg: DictConfig, max_steps: int) -> DictConfig:
     with open_dict(cfg):
         cfg.stage = OmegaConf.create({"_target_": f"{__name__}.ToyStage", "generator": "???", "learning_rate": 0.1})
+        cfg.data = None  # the toy stage brings its own loader (the default data is synthetic_tiny)
         cfg.trainer.max_steps = max_steps
+        cfg.trainer.val_check_interval = None  # the default's interval (10 steps) exceeds the toy epoch
         cfg.trainer.enable_progress_bar = False
         cfg.trainer.log_every_n_steps = 1
         cfg.callbacks.model_checkpoint.every_n_train_steps = 2
@@ -127,7 +129,7 @@ def test_cli_writes_into_logs_task_runs_run_name(tmp_path: Path) -> None:
     log_dir = tmp_path / "logs"
     command = [
         sys.executable, str(PROJECT_ROOT / "train.py"), "run_name=cli_smoke", f"paths.log_dir={log_dir}",
-        "extras.print_config=false", "stage.num_samples=1", "stage.yaw_degrees=[0.0]",
+        "extras.print_config=false", "stage=preview", "stage.num_samples=1", "stage.yaw_degrees=[0.0]",
         *[override for override in SMALL_PREVIEW_OVERRIDES if override.startswith("stage.device")],
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
