@@ -39,7 +39,7 @@ from evaluation.protocols import (
     run_mead_novel_view,
 )
 from evaluation.tables import ResultTable, TableFiles, row_from_result, table_for, write_tables
-from inversion.loading import CheckpointError, check_stage_matches, load_state_into_stage, read_stage_checkpoint
+from inversion.loading import CheckpointError, inverter_from_checkpoint, require_inverter
 from inversion.result import Inverter
 from metrics import InferenceTimer, MetricsConfig, MetricSuite, build_metric_suite
 from runtime.config import check_required_values
@@ -89,22 +89,13 @@ def checkpoint_entries(cfg: DictConfig) -> list[CheckpointEntry]:
 
 def build_stage(cfg: DictConfig, entry: CheckpointEntry, generator: torch.nn.Module) -> Inverter:
     stage_cfg = OmegaConf.merge(cfg.stage, entry.stage) if entry.stage else cfg.stage
-    stage = instantiate_component(stage_cfg, generator)
-    if not callable(getattr(stage, "invert", None)):
-        raise TypeError(f"stage <{stage_cfg._target_}> has no invert(image, image_full, camera) -> InversionResult "
-                        "(the Inverter protocol of inversion/result.py): it cannot be evaluated")
     if entry.path:
-        load_checkpoint_weights(stage, entry.path, str(stage_cfg._target_))
-    return stage
-
-
-def load_checkpoint_weights(stage: torch.nn.Module, path: str, stage_target: str) -> None:
-    """A Lightning checkpoint's weights into the stage, read without running code from the file and
-    checked against the stage (inversion.loading, shared with the invert CLI)."""
-    checkpoint = read_stage_checkpoint(path)
-    check_stage_matches(checkpoint, stage, stage_target)
-    load_state_into_stage(stage, checkpoint, stage_target)
-    log.info(f"Loaded {checkpoint.path} into <{stage_target}>")
+        # Shared with the invert CLI: read without running code from the file, stage checked, and a
+        # stage class's own loader (stage 2 rebuilds itself from its checkpoint) takes over.
+        inverter = inverter_from_checkpoint(stage_cfg, generator, entry.path)
+        log.info(f"Loaded {entry.path} into <{stage_cfg._target_}>")
+        return inverter
+    return require_inverter(instantiate_component(stage_cfg, generator), str(stage_cfg._target_))
 
 
 # ------------------------------------------------------------------------------------------ running

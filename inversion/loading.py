@@ -177,10 +177,15 @@ def load_inverter(
     cfg: DictConfig, ckpt_path: str | Path, device: torch.device | str = "cpu"
 ) -> Inverter:
     """The stage of ``cfg.stage`` with the weights of ``ckpt_path``, in eval mode on ``device``."""
-    checkpoint = read_stage_checkpoint(ckpt_path)
-    stage_cfg = stage_for_inference(cfg)
-    stage_target = str(stage_cfg._target_)
     generator = hydra.utils.instantiate(cfg.generator)
+    return inverter_from_checkpoint(stage_for_inference(cfg), generator, ckpt_path).to(device).eval()
+
+
+def inverter_from_checkpoint(stage_cfg: DictConfig, generator: torch.nn.Module, ckpt_path: str | Path) -> Inverter:
+    """Build the stage of ``stage_cfg`` around ``generator`` and load ``ckpt_path`` into it (or let the
+    stage class load it with its own ``load_inverter`` classmethod); checks the recorded stage."""
+    checkpoint = read_stage_checkpoint(ckpt_path)
+    stage_target = str(stage_cfg._target_)
     stage_class = hydra.utils.get_class(stage_target)
     own_loader = getattr(stage_class, STAGE_LOADER_NAME, None)
     if callable(own_loader):
@@ -190,5 +195,4 @@ def load_inverter(
         stage = instantiate_component(stage_cfg, generator)
         check_stage_matches(checkpoint, stage, stage_target)
         load_state_into_stage(stage, checkpoint, stage_target)
-    inverter = require_inverter(stage, stage_target)
-    return inverter.to(device).eval()
+    return require_inverter(stage, stage_target)
