@@ -57,6 +57,11 @@ from inversion.loading import read_stage_checkpoint
 from networks.eg3d.fingerprint import GeneratorFingerprint
 from networks.encoders import FINAL_STAGE, GOAEncoder, GOAEncoderConfig, load_goae_encoder
 from networks.occlusion_mix import MixedTriplanes, OcclusionMixConfig, occlusion_aware_mix
+from lightning_modules.common import (
+    FrozenNetworksOutOfCheckpoints,
+    as_dataclass,
+    state_keys_outside,
+)
 from runtime.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -64,8 +69,6 @@ log = RankedLogger(__name__)
 STAGE_NAME = "afa"
 STAGE1_NAME = "encoder"
 STAGE1_REACHED_STAGE_KEY = "reached_stage"  # stage 1's buffer: the progressive stage its encoder reached
-# Module prefixes whose parameters (and buffers) are never in a checkpoint.
-FROZEN_PREFIXES: tuple[str, ...] = ("generator.", "loss.")
 # The only network DDP synchronises (and the only one the optimiser sees).
 DDP_SYNCED_PREFIX = "afa."
 DELTA_F_TERM = "delta_f"
@@ -227,7 +230,7 @@ class Stage2ValidationRecord:
 
 
 # ---------------------------------------------------------------------------------------------- module
-class GOAEAFAStage(L.LightningModule):
+class GOAEAFAStage(FrozenNetworksOutOfCheckpoints, L.LightningModule):
     """Stage 2 of GOAE: trains the feature alignment (AFA) against the frozen encoder and generator."""
 
     def __init__(
@@ -269,8 +272,8 @@ class GOAEAFAStage(L.LightningModule):
         self.encoder = encoder if isinstance(encoder, nn.Module) else encoder()
         self.afa = afa if isinstance(afa, nn.Module) else afa()
         self.afa_config: AFAConfig = self.afa.config
-        self.mix_config = _as_dataclass(OcclusionMixConfig, occlusion_mix)
-        self.background_source = _as_dataclass(BackgroundDepthSource, background_depth)
+        self.mix_config = as_dataclass(OcclusionMixConfig, occlusion_mix)
+        self.background_source = as_dataclass(BackgroundDepthSource, background_depth)
         self.loss_weights = {**AFA_LOSS_WEIGHTS, **dict(loss_weights or {})}
         _check_loss_weights(self.loss_weights)
         self.delta_f_weight = float(self.loss_weights.get(DELTA_F_TERM, 0.0))
@@ -297,7 +300,7 @@ class GOAEAFAStage(L.LightningModule):
         self.val_mse_wplus = MeanMetric()
         self.validation_history: list[Stage2ValidationRecord] = []
         # DDP synchronises the AFA only (see the module docstring).
-        self._ddp_params_and_buffers_to_ignore = _flat_state_keys(self, (DDP_SYNCED_PREFIX,))
+        self._ddp_params_and_buffers_to_ignore = state_keys_outside(self, (DDP_SYNCED_PREFIX,))
 
     # ------------------------------------------------------------------------------------ construction
     def _image_loss_weights(self) -> dict[str, float]:
@@ -343,24 +346,6 @@ class GOAEAFAStage(L.LightningModule):
         return self
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """AFA + frozen encoder (self-contained inversion); never the generator or the loss networks."""
-        full = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        dropped = tuple(prefix + name for name in FROZEN_PREFIXES)
-        for key in [key for key in full if key.startswith(dropped)]:
-            del full[key]
-        return full
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [key for key in result.missing_keys if not key.startswith(FROZEN_PREFIXES)]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"checkpoint does not fit stage 2: missing {missing[:6]}, unexpected {result.unexpected_keys[:6]}"
-            )
-        return result
-
     def stage_metadata(self) -> dict[str, Any]:
         """What ``load_stage2_inverter`` needs to rebuild this module without Hydra."""
         return {
@@ -391,11 +376,6 @@ class GOAEAFAStage(L.LightningModule):
                 "stage 2 needs the stage-1 encoder: init_from=<stage-1 run>/checkpoints/last.ckpt "
                 "(or the authors' encoder_FFHQ.pt), or ckpt_path=<stage-2 checkpoint> to resume"
             )
-
-    @classmethod
-    def load_inverter(cls, generator: nn.Module, ckpt_path: str | Path, stage_cfg: Any = None) -> "GOAEAFAStage":
-        """Hook of ``inversion.loading.load_inverter``: a stage-2 checkpoint is self-contained."""
-        return load_stage2_inverter(ckpt_path, generator)
 
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -657,9 +637,6 @@ def background_depth_options(
     return {**options, "depth_average": estimate.mean_depth}
 
 
-def _flat_state_keys(module: nn.Module, kept_prefixes: Sequence[str]) -> list[str]:
-    names = [name for name, _ in module.named_parameters()] + [name for name, _ in module.named_buffers()]
-    return [name for name in names if not any(name.startswith(prefix) for prefix in kept_prefixes)]
 
 
 def _default_adam(parameters: Any) -> torch.optim.Optimizer:
@@ -668,12 +645,6 @@ def _default_adam(parameters: Any) -> torch.optim.Optimizer:
     return adam(parameters, lr=2.5e-5)
 
 
-def _as_dataclass(kind: type, value: Any) -> Any:
-    if value is None:
-        return kind()
-    if isinstance(value, kind):
-        return value
-    return kind(**dict(value))
 
 
 __all__ = [

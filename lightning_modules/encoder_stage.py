@@ -60,12 +60,15 @@ from networks.latent_discriminator import (
     LatentCodesDiscriminator,
     sample_canonical_latents,
 )
+from lightning_modules.common import (
+    FrozenNetworksOutOfCheckpoints,
+    as_dataclass,
+    state_keys_outside,
+)
 from runtime.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
 
-# Module prefixes whose parameters (and buffers) are never in a checkpoint.
-FROZEN_PREFIXES: tuple[str, ...] = ("generator.", "loss.")
 # Module prefix of the only network DDP synchronises.
 DDP_SYNCED_PREFIX = "encoder."
 
@@ -141,13 +144,10 @@ def pool_to_resolution(images: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
 
 
-def _flat_state_keys(module: nn.Module, prefixes: Sequence[str]) -> list[str]:
-    names = [name for name, _ in module.named_parameters()] + [name for name, _ in module.named_buffers()]
-    return [name for name in names if not any(name.startswith(prefix) for prefix in prefixes)]
 
 
 # ---------------------------------------------------------------------------------------------- module
-class GOAEEncoderStage(L.LightningModule):
+class GOAEEncoderStage(FrozenNetworksOutOfCheckpoints, L.LightningModule):
     """Stage 1 of GOAE: trains ``encoder`` (and the latent discriminator) against a frozen EG3D."""
 
     def __init__(
@@ -189,8 +189,8 @@ class GOAEEncoderStage(L.LightningModule):
         self.generator = generator.eval().requires_grad_(False)
         self.encoder = encoder if isinstance(encoder, nn.Module) else encoder()
         self.loss_weights = {**GOAE_LOSS_WEIGHTS, **dict(loss_weights or {})}
-        self.settings = _as_dataclass(DiscriminatorSettings, discriminator_settings)
-        self.background_source = _as_dataclass(BackgroundDepthSource, background_depth)
+        self.settings = as_dataclass(DiscriminatorSettings, discriminator_settings)
+        self.background_source = as_dataclass(BackgroundDepthSource, background_depth)
         validate_stage_boundaries(stage_boundaries)
         self.stage_boundaries = tuple(int(step) for step in stage_boundaries)
         self.loss_resolution = loss_resolution
@@ -216,7 +216,7 @@ class GOAEEncoderStage(L.LightningModule):
         if init_from:
             self.load_weights_from(init_from)
         # DDP synchronises the encoder only (see the module docstring).
-        self._ddp_params_and_buffers_to_ignore = _flat_state_keys(self, (DDP_SYNCED_PREFIX,))
+        self._ddp_params_and_buffers_to_ignore = state_keys_outside(self, (DDP_SYNCED_PREFIX,))
 
     # ------------------------------------------------------------------------------------ construction
     def _loss_options(self, loss_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -264,25 +264,6 @@ class GOAEEncoderStage(L.LightningModule):
         log.info(f"Initialised encoder/discriminator weights from {checkpoint_path} (init_from)")
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Encoder and discriminator only: the frozen networks are rebuilt from their configs."""
-        full = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        kept_prefixes = tuple(prefix + name for name in FROZEN_PREFIXES)
-        for key in [key for key in full if key.startswith(kept_prefixes)]:
-            del full[key]
-        return full
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Strict about the encoder and discriminator; the frozen networks are absent on purpose."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [key for key in result.missing_keys if not key.startswith(FROZEN_PREFIXES)]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"checkpoint does not fit this stage: missing {missing[:6]}, unexpected {result.unexpected_keys[:6]}"
-            )
-        return result
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["goae_stage"] = {
             "name": "encoder",
@@ -531,12 +512,6 @@ def _default_adam(parameters: Any) -> torch.optim.Optimizer:
     return adam(parameters, lr=2e-5)
 
 
-def _as_dataclass(kind: type, value: Any) -> Any:
-    if value is None:
-        return kind()
-    if isinstance(value, kind):
-        return value
-    return kind(**dict(value))
 
 
 __all__ = [
