@@ -56,7 +56,7 @@ def run_one(args: argparse.Namespace, batch: int) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    generator = randomize_generator_weights_(build_generator(args.config), seed=0).eval().to(device)
+    generator = randomize_generator_weights_(build_generator(args.config), seed=0, calibration_samples=0).eval().to(device)
     if args.channels_last:
         generator.use_channels_last()
     if args.compile:

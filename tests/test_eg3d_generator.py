@@ -161,6 +161,27 @@ def test_random_init_gives_distinct_latents():
     assert ws[:, 0].std(0).mean() > 0.05  # mapping weights keep the 1/lr_multiplier scale
 
 
+def test_random_weights_are_calibrated_to_informative_output_ranges(tiny: TriPlaneGenerator):
+    """Held-out z (not the calibration draws) and a non-canonical camera: the image is centred with
+    std near IMAGE_STD per channel, and the decoder's colours are not stuck at a sigmoid end, as they
+    were before calibration (one channel at -1.000 +- 6e-4, red/green images near -1.8)."""
+    from networks.eg3d.configs import IMAGE_STD
+
+    z = torch.randn(16, tiny.z_dim, generator=torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        ws = tiny.mapping(z, canonical_camera_label(16))
+        output = tiny.synthesis(ws, look_at_label(yaw=0.3, pitch=-0.1).expand(16, -1))
+    mean, std = output.image.mean(dim=(0, 2, 3)), output.image.std(dim=(0, 2, 3))
+    assert mean.abs().max() < 0.25, mean
+    assert ((std > 0.6 * IMAGE_STD) & (std < 1.5 * IMAGE_STD)).all(), std
+    assert (output.image_raw.std(dim=(0, 2, 3)) > 0.1).all()  # every low-resolution colour varies
+    assert output.image.std(dim=0).mean() > 0.2  # images differ between z, not only within one image
+    # Deterministic: the same seed gives the same calibrated weights (cached or not).
+    again = randomize_generator_weights_(build_generator("tiny"), seed=3)
+    for name, value in again.state_dict().items():
+        torch.testing.assert_close(value, tiny.state_dict()[name], rtol=0, atol=0, msg=name)
+
+
 def test_clear_errors_for_bad_inputs(tiny: TriPlaneGenerator):
     with pytest.raises(ValueError, match=r"\[N, 14, 512\]"):
         tiny.synthesize_planes(torch.zeros(1, 13, 512))
