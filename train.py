@@ -46,9 +46,11 @@ FILLED_BY_CODE = (f"stage.{GENERATOR_ARGUMENT}", f"data.{GENERATOR_ARGUMENT}")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from `cfg` and run the stage.
 
-    Returns {"output_dir": run directory, "metrics": {name: float}, "files": {name: path}}:
-    for a LightningModule stage the trainer's final callback metrics and the checkpoint
-    directory; for a plain job the path its run() returned.
+    Returns {"output_dir": run directory, "metrics": {name: float}, "files": {name: path},
+    "learning_curve": [...]}: for a LightningModule stage the trainer's final callback metrics, the
+    checkpoint directory and the stage's validation records (``validation_history``, including the
+    sanity check before the first step; empty if the stage keeps none); for a plain job the path its
+    run() returned.
     """
     check_required_values(cfg, filled_by_code=FILLED_BY_CODE)
     output_dir = Path(cfg.paths.output_dir)
@@ -67,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 f"stage <{cfg.stage._target_}> is neither a LightningModule nor a job with run(output_dir)"
             )
         result = Path(stage.run(output_dir))
-        return {"output_dir": output_dir, "metrics": {}, "files": {"output": result}}
+        return {"output_dir": output_dir, "metrics": {}, "files": {"output": result}, "learning_curve": []}
 
     datamodule = instantiate_component(cfg.data, generator) if cfg.get("data") else None
     loggers = instantiate_loggers(cfg.get("logger"), output_dir)
@@ -91,7 +93,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         if logger.log_dir:
             files[f"logs ({type(logger).__name__})"] = Path(logger.log_dir)
-    return {"output_dir": output_dir, "metrics": metrics, "files": files}
+    learning_curve = list(getattr(stage, "validation_history", []))
+    return {"output_dir": output_dir, "metrics": metrics, "files": files, "learning_curve": learning_curve}
 
 
 def _loggable_config(cfg: DictConfig) -> dict[str, Any]:

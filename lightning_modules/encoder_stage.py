@@ -350,6 +350,7 @@ class GOAEEncoderStage(FrozenNetworksOutOfCheckpoints, L.LightningModule):
             reconstruction=reconstruction, target=target, ws=ws,
             active_rows=list(range(active_row_count(stage))), judged_rows=self.judged_rows(stage),
             latent_discriminator=self.discriminator, front_render=front,
+            ws_true=getattr(batch, "ws_true", None) if "latent" in self.loss.weights else None,
         ))
 
     def front_view(self, planes: torch.Tensor, ws: torch.Tensor, rng: torch.Generator | None) -> Any:

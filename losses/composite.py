@@ -2,6 +2,7 @@
 
     L^E = l2 * L_2 + lpips * L_LPIPS + id * L_ID + adv * L_adv^E + bg * L_BG + delta_w * L_w+
           (GOAE eq. 13-14 and the Delta-w+ regulariser of Appendix A)
+          [+ latent * L_latent: supervision by the ground-truth w+ of synthetic data; not GOAE's, 0 by default]
 
 :class:`WeightedLossTerms` builds ONLY the terms whose weight is > 0. A weight of 0 means the term,
 and the network it would need (LPIPS' AlexNet, ArcFace IR-SE50, the background parser), is never
@@ -36,6 +37,7 @@ from torch import nn
 
 from losses.adversarial import encoder_latent_adversarial_loss
 from losses.identity import IdentityLoss
+from losses.latent_supervision import latent_l2_loss
 from losses.reconstruction import LPIPSLoss, pixel_l2_loss
 from losses.regularizers import DELTA_W_LOSSES, DeltaWNorm
 
@@ -55,7 +57,8 @@ class LossInputs:
     judged_rows: rows the latent discriminator judges (adv; None = all);
     latent_discriminator: D_Wc, called on [M, C] latents -> [M, 1] logits (adv). Frozen by the caller;
     front_render: the rendering of w+ at the canonical front camera (bg), a
-        ``losses.background.FrontViewRender`` (depth [N,1,R,R], image, weights_sum).
+        ``losses.background.FrontViewRender`` (depth [N,1,R,R], image, weights_sum);
+    ws_true: the ground-truth w+ [N, R, C] of synthetic samples (latent); None for real data.
     """
 
     reconstruction: torch.Tensor | None = None
@@ -65,6 +68,7 @@ class LossInputs:
     judged_rows: Sequence[int] | None = None
     latent_discriminator: Callable[[torch.Tensor], torch.Tensor] | None = None
     front_render: Any | None = None
+    ws_true: torch.Tensor | None = None
 
     def require(self, term: str, *names: str) -> tuple[Any, ...]:
         """The named fields; a clear error if one is None."""
@@ -167,6 +171,20 @@ class DeltaWTerm(LossTerm):
         return TermValue(DELTA_W_LOSSES[self.norm](ws, inputs.active_rows))
 
 
+class LatentSupervisionTerm(LossTerm):
+    """L_latent: MSE between the inverted and the ground-truth w+ (synthetic data only)."""
+
+    def forward(self, inputs: LossInputs) -> TermValue:
+        if inputs.ws_true is None:
+            raise ValueError(
+                "loss term 'latent' needs the ground-truth w+ of each sample (LossInputs.ws_true), which "
+                "only synthetic data provide (data=synthetic or synthetic_tiny); set loss_weights.latent=0 "
+                "for real datasets"
+            )
+        (ws,) = inputs.require("latent", "ws")
+        return TermValue(latent_l2_loss(ws, inputs.ws_true))
+
+
 class BackgroundDepthTerm(LossTerm):
     """L_BG (GOAE eq. 4) from :mod:`losses.background` (imported only when bg > 0).
 
@@ -228,6 +246,7 @@ LOSS_TERMS: dict[str, Callable[..., LossTerm]] = {
     "adv": LatentAdversarialTerm,
     "bg": BackgroundDepthTerm,
     "delta_w": DeltaWTerm,
+    "latent": LatentSupervisionTerm,
 }
 
 

@@ -198,7 +198,8 @@ def test_ablation_rows_of_table_2_switch_d_and_bg(row: str, adv: float, bg: floa
 
 def test_paper_defaults_and_cats_without_identity() -> None:
     stage = compose_train_config(["experiment=goae_ffhq_stage1"]).stage
-    assert dict(stage.loss_weights) == {"l2": 1.0, "lpips": 0.8, "id": 0.25, "adv": 0.05, "bg": 5.0, "delta_w": 0.001}
+    assert dict(stage.loss_weights) == {"l2": 1.0, "lpips": 0.8, "id": 0.25, "adv": 0.05, "bg": 5.0, "delta_w": 0.001,
+                                        "latent": 0.0}  # latent: not a GOAE term, off in every paper config
     assert stage.encoder_optimizer._target_ == "losses.optimizers.ranger" and stage.encoder_optimizer.lr == 1e-4
     assert stage.discriminator_optimizer.lr == 2e-5 and stage.discriminator_settings.r1_gamma == 10.0
     assert list(stage.stage_boundaries) == [10000, 20000, 30000]
@@ -277,7 +278,9 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(
 
 @pytest.mark.slow
 def test_default_run_learns(make_train_config: Callable[..., DictConfig]) -> None:
-    """A short version of `python train.py`: the reconstruction error falls on the fixed val split."""
+    """A short version of `python train.py`: the training L2 falls, and on the fixed val split both the
+    reconstruction error and the latent error against the ground-truth w+ fall below the sanity-check
+    values measured before the first step."""
     cfg = _tiny_run(make_train_config, "trainer.max_steps=16", "trainer.val_check_interval=16",
                     "data.splits.train.length=64", "data.splits.val.length=4")
     summary = train(cfg)
@@ -287,4 +290,9 @@ def test_default_run_learns(make_train_config: Callable[..., DictConfig]) -> Non
     for metrics in Path(cfg.paths.output_dir).glob("csv/version_*/metrics.csv"):
         rows += [row for row in csv.DictReader(metrics.open()) if row.get("train/loss_l2")]
     l2 = [float(row["train/loss_l2"]) for row in sorted(rows, key=lambda row: int(row["step"]))]
+    assert all(row["train/loss_latent"] for row in rows)  # the default's synthetic latent term is built and logged
     assert sum(l2[-4:]) / 4 < 0.7 * sum(l2[:4]) / 4, l2
+    curve = summary["learning_curve"]
+    assert curve[0].step == 0 and curve[-1].step == 16, curve
+    assert curve[-1].mse < 0.7 * curve[0].mse, curve
+    assert curve[-1].latent_mse < 0.85 * curve[0].latent_mse, curve

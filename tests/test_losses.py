@@ -378,3 +378,28 @@ def test_background_term_needs_exactly_one_source_of_d_avg() -> None:
         WeightedLossTerms({"bg": 5.0}, options={"bg": {}})
     with pytest.raises(ValueError, match="exactly one of options.bg.stats"):
         WeightedLossTerms({"bg": 5.0}, options={"bg": {"stats": "x.json", "depth_average": 2.0}})
+
+
+# --------------------------------------------------------------------------- latent supervision (synthetic data)
+
+
+def test_latent_supervision_is_the_mean_squared_latent_error_and_needs_ground_truth() -> None:
+    from losses.latent_supervision import latent_l2_loss
+
+    ws = torch.zeros(2, 14, 4, requires_grad=True)
+    ws_true = torch.zeros(2, 14, 4)
+    ws_true[0, 3, 1] = 2.0  # one element off by 2 in 2*14*4 = 112 elements -> 4 / 112
+    assert latent_l2_loss(ws, ws_true).item() == pytest.approx(4.0 / 112)
+    loss = WeightedLossTerms({"l2": 0.0, "latent": 10.0})
+    assert loss.active_terms == ("latent",)
+    result = loss(LossInputs(ws=ws, ws_true=ws_true))
+    assert result.total.item() == pytest.approx(10 * 4.0 / 112)
+    result.total.backward()
+    expected_grad = torch.zeros_like(ws_true)
+    expected_grad[0, 3, 1] = 10 * 2 * (0.0 - 2.0) / 112  # d/dw of 10 * mean((w - w_true)^2)
+    torch.testing.assert_close(ws.grad, expected_grad)
+    with pytest.raises(ValueError, match="'latent' needs the ground-truth w\\+.*only synthetic data"):
+        loss(LossInputs(ws=torch.zeros(2, 14, 4)))
+    with pytest.raises(ValueError, match="differ in shape"):
+        latent_l2_loss(torch.zeros(2, 14, 4), torch.zeros(2, 14, 5))
+    assert "latent" not in GOAE_LOSS_WEIGHTS  # not one of the paper's terms: off unless asked for
