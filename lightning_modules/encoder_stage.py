@@ -263,6 +263,22 @@ class GOAEEncoderStage(FrozenNetworksOutOfCheckpoints, L.LightningModule):
                 module.load_state_dict(part)
         log.info(f"Initialised encoder/discriminator weights from {checkpoint_path} (init_from)")
 
+    def on_fit_start(self) -> None:
+        """Fail before the first step when the synthetic-only ``latent`` term meets real training data."""
+        if "latent" not in self.loss.weights:
+            return
+        from datamodules.synthetic import SyntheticDataset
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train_set = getattr(datamodule, "datasets", {}).get("train") if datamodule is not None else None
+        if train_set is not None and not isinstance(train_set, SyntheticDataset):
+            raise ValueError(
+                f"stage.loss_weights.latent={self.loss.weights['latent']} needs ground-truth w+, which only "
+                f"synthetic data provide, but the training split of data "
+                f"{getattr(datamodule, 'name', None)!r} is a {type(train_set).__name__}; "
+                "set stage.loss_weights.latent=0 for real datasets"
+            )
+
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["goae_stage"] = {

@@ -296,3 +296,20 @@ def test_default_run_learns(make_train_config: Callable[..., DictConfig]) -> Non
     assert curve[0].step == 0 and curve[-1].step == 16, curve
     assert curve[-1].mse < 0.7 * curve[0].mse, curve
     assert curve[-1].latent_mse < 0.85 * curve[0].latent_mse, curve
+
+
+def test_latent_term_on_real_training_data_fails_before_the_first_step(generator: torch.nn.Module) -> None:
+    import types
+
+    from torch.utils.data import TensorDataset
+
+    weights = {"l2": 1.0, "lpips": 0.0, "id": 0.0, "adv": 0.0, "bg": 0.0, "delta_w": 0.0, "latent": 10.0}
+    stage = make_stage(generator, loss_weights=weights)
+    real = types.SimpleNamespace(name="ffhq", datasets={"train": TensorDataset(torch.zeros(2, 3))})
+    stage.trainer = types.SimpleNamespace(datamodule=real)  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="latent=10.0 needs ground-truth w\\+.*'ffhq' is a TensorDataset"):
+        stage.on_fit_start()
+    synthetic = types.SimpleNamespace(name="synthetic", datasets={
+        "train": SyntheticDataset(1, split="train", generator=generator, image_resolution=64, full_resolution=64)})
+    stage.trainer = types.SimpleNamespace(datamodule=synthetic)  # type: ignore[assignment]
+    stage.on_fit_start()  # synthetic data carry ws_true: no error
