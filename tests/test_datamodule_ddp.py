@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers_ddp import run_multiprocess_command
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_scripts.tiny_dataset import write_tiny_dataset  # noqa: E402
@@ -23,14 +22,11 @@ def test_two_rank_ddp_covers_each_split_disjointly(tmp_path: Path) -> None:
     val_root = write_tiny_dataset(tmp_path / "val", count=5)  # odd: padding would duplicate one
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    environment = {key: value for key, value in os.environ.items() if key not in ("MASTER_PORT", "MASTER_ADDR")}
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY), environment.get("PYTHONPATH", "")])
-    result = subprocess.run(
+    run_multiprocess_command(
         [sys.executable, str(REPOSITORY / "tests/ddp_scripts/ddp_coverage.py"), str(train_root), str(val_root),
          str(out_dir)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=540,
+        cwd=tmp_path, timeout=540,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [record["world_size"] for record in records] == [2, 2]
     every_train = {f"00000/img{index:08d}.png" for index in range(8)}

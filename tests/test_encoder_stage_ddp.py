@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers_ddp import run_multiprocess_command
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -25,12 +24,7 @@ def test_two_process_cpu_ddp_run_of_train_py(tmp_path: Path) -> None:
         "data.splits.train.length=16", "data.splits.val.length=3",  # odd: one rank validates 2, the other 1
         "stage.background_depth.estimate_num_samples=2", "stage.discriminator_settings.d_reg_every=1",
     ]
-    # Lightning picks a free port; a fixed MASTER_PORT would clash with parallel runs.
-    environment = {key: value for key, value in os.environ.items() if key not in ("MASTER_PORT", "MASTER_ADDR")}
-    environment.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    output = run_multiprocess_command(command, cwd=tmp_path)
     assert "unused parameters" not in output.lower()
     run_dir = log_dir / "train" / "runs" / "ddp_smoke"
     checkpoints = sorted(path.name for path in (run_dir / "checkpoints").iterdir())

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers_ddp import run_multiprocess_command
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 WORKER = REPOSITORY / "tests/ddp_scripts/metrics_callback_worker.py"
@@ -17,13 +16,7 @@ WORKER = REPOSITORY / "tests/ddp_scripts/metrics_callback_worker.py"
 
 def run_worker(out_dir: Path, devices: int) -> list[dict]:
     out_dir.mkdir(parents=True)
-    # Never a fixed MASTER_PORT: Lightning picks a free one when none is set.
-    environment = {key: value for key, value in os.environ.items() if key not in ("MASTER_PORT", "MASTER_ADDR")}
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY), environment.get("PYTHONPATH", "")])
-    environment["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run([sys.executable, str(WORKER), str(out_dir), str(devices)], cwd=out_dir, env=environment,
-                            capture_output=True, text=True, timeout=540)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_multiprocess_command([sys.executable, str(WORKER), str(out_dir), str(devices)], cwd=out_dir, timeout=540)
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(devices)]
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers_ddp import run_multiprocess_command
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -17,14 +16,10 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_two_rank_metrics_equal_one_process(tmp_path: Path) -> None:
-    environment = {key: value for key, value in os.environ.items() if key not in ("MASTER_PORT", "MASTER_ADDR")}
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY), environment.get("PYTHONPATH", "")])
-    environment["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(
+    run_multiprocess_command(
         [sys.executable, str(REPOSITORY / "tests/ddp_scripts/metrics_ddp_worker.py"), str(tmp_path)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=540,
+        cwd=tmp_path, timeout=540,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [record["world_size"] for record in records] == [2, 2]
     assert records[0]["shard"] == [0, 2, 4] and records[1]["shard"] == [1, 3]
