@@ -99,13 +99,17 @@ class IndexOptions:
             raise ValueError(f"full_resolution must be positive, got {self.full_resolution}")
 
 
+def _read_listed_image_bytes(store: ImageStore, relative_path: str, where: str) -> bytes:
+    try:
+        return store.read_bytes(relative_path)
+    except FileNotFoundError as error:
+        raise DatasetError(f"{where}: image listed in the labels is absent") from error
+
+
 def decode_rgb_image(store: ImageStore, relative_path: str) -> Image.Image:
     """Fully decode an image as RGB; DatasetError naming the file if it is unreadable or truncated."""
     where = store.describe(relative_path)
-    try:
-        data = store.read_bytes(relative_path)
-    except FileNotFoundError as error:
-        raise DatasetError(f"{where}: image listed in the labels is absent") from error
+    data = _read_listed_image_bytes(store, relative_path, where)
     try:
         with Image.open(io.BytesIO(data)) as probe:
             probe.verify()  # WHY: catches corrupt chunks/CRC errors that load() may let through
@@ -119,10 +123,7 @@ def decode_rgb_image(store: ImageStore, relative_path: str) -> Image.Image:
 def read_image_size(store: ImageStore, relative_path: str) -> tuple[int, int]:
     """(width, height) from the header only; DatasetError naming the file if it is not an image."""
     where = store.describe(relative_path)
-    try:
-        data = store.read_bytes(relative_path)
-    except FileNotFoundError as error:
-        raise DatasetError(f"{where}: image listed in the labels is absent") from error
+    data = _read_listed_image_bytes(store, relative_path, where)
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
