@@ -20,6 +20,7 @@ import torch
 
 from networks.eg3d.generator import TriPlaneGenerator
 from networks.eg3d.layers import FullyConnectedLayer
+from networks.eg3d.outputs import RendererDraws
 
 _RELEASED_RENDERING = {
     "image_resolution": 512,
@@ -194,8 +195,8 @@ def calibrate_output_ranges_(generator: TriPlaneGenerator, rng: torch.Generator,
     z = torch.randn([num_samples, generator.z_dim], generator=rng).to(device)
     c = canonical_camera_label(num_samples, device=device)
     ws = generator.mapping(z, c)
-    draws = generator.sample_draws(num_samples, generator=rng, device="cpu")
-    draws = type(draws)(**{name: value.to(device) for name, value in vars(draws).items()})
+    cpu_draws = generator.sample_draws(num_samples, generator=rng, device="cpu")  # rng is a CPU generator
+    draws = RendererDraws(stratified=cpu_draws.stratified.to(device), importance=cpu_draws.importance.to(device))
 
     planes = generator.synthesize_planes(ws, "const")  # the calibrated layers come after the tri-planes
     output_layer = generator.decoder.net[-1]
