@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.ir_se import BottleneckIRSE
+from networks.ir_se import IR50_STAGES, ir_se_body, ir_se_input_layer
 
 from losses.frozen import (
     RANDOM_INIT,
@@ -53,10 +53,6 @@ ARCFACE_EMBEDDING_DIM = 512
 PSP_REFERENCE_SIZE = 256
 PSP_FACE_CROP = (35, 223, 32, 220)
 
-# (input channels, output channels, number of units) of the four IR-50 stages; the first unit of
-# each stage has stride 2 (TreB1eN's get_blocks(50)).
-IR50_STAGES: tuple[tuple[int, int, int], ...] = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
-
 
 class IdentityWeightsError(PretrainedWeightsError):
     """The configured ArcFace IR-SE50 file is missing or is not ``model_ir_se50.pth``."""
@@ -67,14 +63,8 @@ class IRSE50(nn.Module):
 
     def __init__(self, dropout: float = 0.6) -> None:
         super().__init__()
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64)
-        )
-        units = []
-        for in_channels, out_channels, num_units in IR50_STAGES:
-            units.append(BottleneckIRSE(in_channels, out_channels, stride=2))
-            units.extend(BottleneckIRSE(out_channels, out_channels, stride=1) for _ in range(num_units - 1))
-        self.body = nn.Sequential(*units)
+        self.input_layer = ir_se_input_layer()
+        self.body = ir_se_body(IR50_STAGES)
         final_size = ARCFACE_INPUT_SIZE // 16  # four stride-2 stages: 112 -> 7
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(512),

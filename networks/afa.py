@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.ir_se import BottleneckIRSE
+from networks.ir_se import ir_se_body, ir_se_input_layer
 
 from networks.eg3d.outputs import BackboneFeatures
 from networks.encoders.attention import LatentCrossAttention
@@ -155,21 +155,11 @@ class ResidualEncoder(nn.Module):
 
     def __init__(self, config: ResidualEncoderConfig) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, config.stem_channels, kernel_size=3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(config.stem_channels),
-            nn.PReLU(config.stem_channels),
-        )
-        units: list[nn.Module] = []
-        in_channels = config.stem_channels
-        for out_channels in config.group_channels:
-            units.append(BottleneckIRSE(in_channels, out_channels, stride=2, se_reduction=config.se_reduction))
-            units.extend(
-                BottleneckIRSE(out_channels, out_channels, stride=1, se_reduction=config.se_reduction)
-                for _ in range(config.units_per_group - 1)
-            )
-            in_channels = out_channels
-        self.units = nn.Sequential(*units)
+        self.stem = ir_se_input_layer(3, config.stem_channels)
+        widths = (config.stem_channels, *config.group_channels)
+        stages = tuple((w_in, w_out, config.units_per_group) for w_in, w_out in zip(widths, widths[1:]))
+        self.units = ir_se_body(stages, config.se_reduction)
+        in_channels = widths[-1]
         self.to_features = nn.Sequential(
             EqualizedConv2d(in_channels, config.output_channels, kernel_size=3, padding=1),
             ScaledLeakyReLU(),

@@ -1,6 +1,8 @@
-"""The improved-residual unit with squeeze-excitation (ArcFace IR-SE), shared by the IR-SE50 identity
-network and GOAE's AFA residual encoder. Module names follow pSp's released files (``res_layer``,
-``shortcut_layer``, SE ``fc1``/``fc2``), so ``model_ir_se50.pth`` and ``afa_FFHQ.pt`` map onto them."""
+"""The improved-residual unit with squeeze-excitation (ArcFace IR-SE) and the IR-SE50 trunk built from
+it, shared by the IR-SE50 identity network, GOAE's AFA residual encoder and every pSp-family encoder
+(pSp, e4e, TriPlaneNet's branches). Module names follow pSp's released files (``input_layer``, ``body``,
+``res_layer``, ``shortcut_layer``, SE ``fc1``/``fc2``), so ``model_ir_se50.pth`` and ``afa_FFHQ.pt`` map
+onto them."""
 
 from __future__ import annotations
 
@@ -9,6 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 SE_REDUCTION = 16
+
+# (input channels, output channels, number of units) of the four IR-50 stages; the first unit of each
+# stage has stride 2 (TreB1eN's get_blocks(50)). 24 units in all: body.0 .. body.23.
+IR50_STAGES: tuple[tuple[int, int, int], ...] = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
 
 
 class SqueezeExcitation(nn.Module):
@@ -62,3 +68,30 @@ class BottleneckIRSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.res_layer(x) + self.shortcut_layer(x)
+
+
+def ir_se_input_layer(in_channels: int = 3, out_channels: int = 64) -> nn.Sequential:
+    """The stem of every IR-SE network: conv3x3 (no bias) -> BN -> PReLU (keys ``0``, ``1``, ``2``)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.PReLU(out_channels),
+    )
+
+
+def ir_se_body(
+    stages: tuple[tuple[int, int, int], ...] = IR50_STAGES, se_reduction: int = SE_REDUCTION
+) -> nn.Sequential:
+    """The IR-SE trunk: for each (in, out, units) stage one stride-2 unit then ``units - 1`` stride-1 units.
+
+    With the default :data:`IR50_STAGES` this is the 24-unit body of IR-SE50 (``model_ir_se50.pth``'s
+    ``body.*``); tests pass narrower stages. Each stage halves the side (IR-SE50: 256 -> 16).
+    """
+    units: list[nn.Module] = []
+    for in_channels, out_channels, num_units in stages:
+        units.append(BottleneckIRSE(in_channels, out_channels, stride=2, se_reduction=se_reduction))
+        units.extend(
+            BottleneckIRSE(out_channels, out_channels, stride=1, se_reduction=se_reduction)
+            for _ in range(num_units - 1)
+        )
+    return nn.Sequential(*units)
