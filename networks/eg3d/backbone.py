@@ -53,10 +53,11 @@ class MappingNetwork(nn.Module):
         truncation_cutoff: int | None = None,
     ) -> torch.Tensor:
         parts = []
+        compute_dtype = self.w_avg.dtype  # float32 (also under autocast), float64 for reference runs
         if self.z_dim > 0:
-            parts.append(normalize_2nd_moment(z.to(torch.float32)))
+            parts.append(normalize_2nd_moment(z.to(compute_dtype)))
         if self.c_dim > 0:
-            parts.append(normalize_2nd_moment(self.embed(c.to(torch.float32))))
+            parts.append(normalize_2nd_moment(self.embed(c.to(compute_dtype))))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from networks.eg3d.backbone import StyleGAN2Backbone
+from networks.eg3d.layers import at_least_float32
 from networks.eg3d.outputs import BackboneFeatures, RenderOutput, RendererDraws, SynthesisOutput
 from networks.eg3d.renderer import ImportanceRenderer, OSGDecoder, Rays, rays_from_cameras
 from networks.eg3d.superresolution import SuperresolutionHybrid8XDC
@@ -198,7 +199,7 @@ class TriPlaneGenerator(nn.Module):
         # Volume rendering stays in fp32 even under bf16/fp16 autocast (as in the official code, which
         # only runs the super-resolution in reduced precision): depth sorting and transmittance need it.
         with torch.autocast(device_type=planes.device.type, enabled=False):
-            return self._volume_render_fp32(planes.float(), c.float(), draws, resolution)
+            return self._volume_render_fp32(at_least_float32(planes), at_least_float32(c), draws, resolution)
 
     def _volume_render_fp32(
         self, planes: torch.Tensor, c: torch.Tensor, draws: RendererDraws | None, resolution: int

@@ -23,6 +23,12 @@ LRELU_GAIN = math.sqrt(2.0)
 DEMODULATION_EPS = 1e-8
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or kept in float64: the official code upcasts fp16/bf16 paths to float32, and a
+    float64 generator (reference computations in tests) must stay float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def make_resample_filter(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> torch.Tensor:
     """The separable low-pass filter as a normalised 2-D kernel (sums to 1)."""
     f = torch.as_tensor(taps, dtype=torch.float32)
@@ -302,6 +308,6 @@ class SynthesisBlock(nn.Module):
             x = self.conv1(x, next(w_iter), noise_mode, fused)
         if img is not None:
             img = upsample2d(img, self.resample_filter)
-        y = self.torgb(x, next(w_iter), fused).float()
+        y = at_least_float32(self.torgb(x, next(w_iter), fused))
         img = img + y if img is not None else y
         return x, img

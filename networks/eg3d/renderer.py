@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.eg3d.layers import FullyConnectedLayer
+from networks.eg3d.layers import FullyConnectedLayer, at_least_float32
 from networks.eg3d.outputs import RendererDraws
 
 # Which world axes feed the (width, height) coordinates of each of the three planes.
@@ -39,7 +39,7 @@ def rays_from_cameras(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolut
     """
     n = cam2world.shape[0]
     device = cam2world.device
-    steps = torch.arange(resolution, dtype=torch.float32, device=device) * (1.0 / resolution) + (0.5 / resolution)
+    steps = torch.arange(resolution, dtype=cam2world.dtype, device=device) * (1.0 / resolution) + (0.5 / resolution)
     v, u = torch.meshgrid(steps, steps, indexing="ij")
     u = u.reshape(1, -1).expand(n, -1)
     v = v.reshape(1, -1).expand(n, -1)
@@ -233,7 +233,7 @@ def importance_depths(coarse_depths: torch.Tensor, coarse_weights: torch.Tensor,
     with torch.no_grad():
         n, m, d, _ = coarse_depths.shape
         depths = coarse_depths.reshape(n * m, d)
-        weights = coarse_weights.reshape(n * m, 1, -1).float()
+        weights = at_least_float32(coarse_weights.reshape(n * m, 1, -1))
         weights = F.avg_pool1d(F.max_pool1d(weights, 2, 1, padding=1), 2, 1).squeeze(1) + 0.01
         mids = 0.5 * (depths[:, :-1] + depths[:, 1:])
         samples = sample_pdf(mids, weights[:, 1:-1], uniforms)
