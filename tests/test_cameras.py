@@ -23,6 +23,8 @@ from cameras import (
     validate_label,
 )
 
+pytestmark = pytest.mark.numerics  # float results against closed forms (tests/README.md)
+
 ORIGIN = (0.0, 0.0, 0.0)
 GOAE_C_FRONT = [1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 2.7, 0, 0, 0, 1, 4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1]
 

@@ -24,6 +24,7 @@ from inversion.direction_fitting import (
 )
 from inversion.editing import load_direction
 from networks.eg3d.configs import generator_from_config
+from tolerances import np_assert_close_roundoff, roundoff_bound
 
 
 class GaussianMappingStub(nn.Module):
@@ -50,6 +51,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@pytest.mark.numerics
 def test_sample_i_does_not_depend_on_how_samples_are_batched() -> None:
     everything = latent_codes(8, 0, 3000, latent_seed=3)
     assert torch.equal(latent_codes(8, 1000, 2100, latent_seed=3), everything[1000:2100])
@@ -58,7 +60,8 @@ def test_sample_i_does_not_depend_on_how_samples_are_batched() -> None:
     small_batches = sample_canonical_w(G, SamplingOptions(num_samples=40, batch_size=7))
     one_batch = sample_canonical_w(G, SamplingOptions(num_samples=40, batch_size=64))
     assert small_batches.shape == (40, 512)
-    np.testing.assert_allclose(small_batches, one_batch, rtol=1e-5, atol=1e-6)
+    # rule 2: other batch sizes, other GEMM kernels; the tiny mapping: 8 layers x 512 + the c embedding
+    np_assert_close_roundoff(small_batches, one_batch, roundings=8 * 512 + 25)
 
 
 def test_select_extremes_ignores_unscored_samples() -> None:
@@ -113,7 +116,7 @@ def test_cli_on_the_tiny_generator_recovers_a_planted_direction(tmp_path: Path) 
           "--latent-seed", "2", "--scores", str(scores), "--top-k", "750", "--out", str(out)])
     saved = np.load(out, allow_pickle=False)
     assert saved.shape == (1, 14, 512) and saved.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(saved[0], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(saved[0], axis=1), 1.0, atol=roundoff_bound(1.0, 2 * 512))  # float32 file
     assert (saved[0] == saved[0, :1]).all()
     assert cosine(saved[0, 0], planted) > 0.9
     metadata = json.loads(out.with_suffix(".json").read_text())

@@ -38,6 +38,7 @@ def position_color(points: torch.Tensor) -> torch.Tensor:
     return (points + 0.5).clamp(0, 1)
 
 
+@pytest.mark.numerics
 def test_grid_axes_are_world_x_y_z_and_chunking_does_not_change_values() -> None:
     def ramp(points: torch.Tensor) -> torch.Tensor:
         return points[:, 0] + 10 * points[:, 1] + 100 * points[:, 2]  # distinguishes every axis
@@ -52,6 +53,7 @@ def test_grid_axes_are_world_x_y_z_and_chunking_does_not_change_values() -> None
     assert grid.origin == -1.0 and grid.spacing == pytest.approx(0.5)
 
 
+@pytest.mark.numerics
 def test_sphere_vertices_lie_on_the_sphere_with_outward_faces_and_colours() -> None:
     grid = density_grid(sphere_density, box_side=1.0, resolution=32)
     mesh = color_vertices(extract_surface(grid, LEVEL), position_color)
@@ -119,6 +121,7 @@ def test_uncoloured_mesh_writes_no_colour_columns(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.faces, mesh.faces)
 
 
+@pytest.mark.numerics
 def test_tiny_generator_mesh_is_written_and_loads(tmp_path: Path) -> None:
     torch.manual_seed(0)
     G = generator_from_config("tiny", random_init=True)

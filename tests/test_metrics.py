@@ -44,6 +44,7 @@ from metrics import (
     prepare_reference,
 )
 from metrics.identity import ARCFACE_TEMPLATE_112
+from tolerances import np_assert_close_roundoff, roundoff_bound
 
 ROOT_RNG_SEED = 7
 
@@ -70,6 +71,7 @@ def unit(images: torch.Tensor) -> np.ndarray:
 # ------------------------------------------------------------------------------------ MSE, PSNR, SSIM
 
 
+@pytest.mark.numerics
 def test_mse_and_psnr_match_closed_form_per_image_means() -> None:
     prediction, target = random_pairs()
     per_image_mse = ((unit(prediction) - unit(target)) ** 2).reshape(5, -1).mean(axis=1)
@@ -83,6 +85,7 @@ def test_mse_and_psnr_match_closed_form_per_image_means() -> None:
     assert float(psnr.compute()) != pytest.approx(10 * math.log10(1 / per_image_mse.mean()), rel=1e-6)
 
 
+@pytest.mark.numerics
 def test_ssim_matches_scikit_image_with_gaussian_window() -> None:
     prediction, target = random_pairs()
     expected = [
@@ -103,6 +106,7 @@ def test_empty_metric_raises() -> None:
 # ------------------------------------------------------------------------------------ LPIPS
 
 
+@pytest.mark.numerics
 def test_lpips_matches_the_lpips_package_called_directly() -> None:
     import lpips
 
@@ -139,6 +143,7 @@ def scipy_fid(real: np.ndarray, fake: np.ndarray) -> float:
     return float(((mu_r - mu_f) ** 2).sum() + np.trace(cov_r + cov_f - 2 * root))
 
 
+@pytest.mark.numerics
 def test_fid_matches_scipy_on_the_same_features() -> None:
     torch.manual_seed(0)
     extractor = TinyExtractor()
@@ -240,6 +245,7 @@ def test_fid_inception_layout_weights_file_and_errors(tmp_path: Path) -> None:
         load_fid_inception(tmp_path / "wrong.pth")
 
 
+@pytest.mark.numerics
 def test_fid_inception_blocks_pool_like_tensorflow() -> None:
     from torchvision.models.inception import InceptionA
 
@@ -278,6 +284,7 @@ def psp_crop_by_hand(images: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(images.clamp(-1, 1)[:, :, 35:223, 32:220], 112)
 
 
+@pytest.mark.numerics
 def test_identity_is_cosine_by_hand_and_counts_failures() -> None:
     torch.manual_seed(0)
     recognizer = TinyRecognizer()
@@ -335,6 +342,7 @@ def _onnx_recognizer(path: Path, with_scaling: bool) -> np.ndarray:
     return weight
 
 
+@pytest.mark.numerics
 def test_identity_onnx_recognizer_matches_numpy_and_input_scaling(tmp_path: Path) -> None:
     weight = _onnx_recognizer(tmp_path / "w600k_r50.onnx", with_scaling=False)
     _onnx_recognizer(tmp_path / "scaled.onnx", with_scaling=True)
@@ -343,8 +351,12 @@ def test_identity_onnx_recognizer_matches_numpy_and_input_scaling(tmp_path: Path
     assert not pack.takes_raw_pixels and scaled.takes_raw_pixels
     faces = torch.rand(3, 3, 112, 112) * 2 - 1
     expected = faces.mean(dim=(2, 3)).numpy() @ weight
-    assert np.allclose(pack(faces).numpy(), expected, atol=1e-5)
-    assert np.allclose(scaled(faces).numpy(), expected, atol=1e-4)
+    # Rule 2 of tests/README.md: onnxruntime's kernels differ by CPU; a mean over 112 x 112 pixels and a
+    # 3-term product; the raw-pixel graph rescales first (2 more roundings of values up to 255).
+    np_assert_close_roundoff(pack(faces).numpy(), expected, roundings=112 * 112 + 3)
+    np.testing.assert_allclose(
+        scaled(faces).numpy(), expected, rtol=0, atol=roundoff_bound(expected, 112 * 112 + 5, path_magnitude=255.0)
+    )
     prediction, target = random_pairs(count=3, size=256)
     metric = IdentitySimilarity(pack)
     metric.update(prediction, target)
@@ -377,6 +389,7 @@ def test_detector_aligner_warps_onto_template_and_reports_missing_faces() -> Non
 # ------------------------------------------------------------------------------------ geometry
 
 
+@pytest.mark.numerics
 def test_geometry_error_by_hand_with_mask_and_invariances() -> None:
     rng = np.random.default_rng(0)
     reference = rng.random((3, 1, 8, 8)) + 2

@@ -69,6 +69,7 @@ def test_scatter_marks_exactly_the_hit_texels() -> None:
     assert torch.equal(occupancy, expected)
 
 
+@pytest.mark.numerics
 # ------------------------------------------------------------------------------------------ blur / closing
 def test_gaussian_kernel_closed_form() -> None:
     kernel = gaussian_kernel_1d(9, 1.5)
@@ -76,6 +77,7 @@ def test_gaussian_kernel_closed_form() -> None:
     torch.testing.assert_close(kernel, raw / raw.sum())
 
 
+@pytest.mark.numerics
 def test_blur_of_a_delta_is_the_outer_product_kernel() -> None:
     delta = torch.zeros(1, 1, 21, 21)
     delta[0, 0, 10, 10] = 1.0
@@ -86,6 +88,7 @@ def test_blur_of_a_delta_is_the_outer_product_kernel() -> None:
     torch.testing.assert_close(blurred[0, 0], expected)
 
 
+@pytest.mark.numerics
 def test_blur_matches_torchvision_gaussian_blur_including_borders() -> None:
     """The authors blur with torchvision's GaussianBlur (reflect padding); ours agrees for a fixed sigma."""
     from torchvision.transforms.functional import gaussian_blur as tv_gaussian_blur
@@ -133,6 +136,7 @@ FRONT_HALF_WIDTH = (CAMERA_Z - FRONT_Z) * 0.5 / FOCAL_LENGTH  # 0.3048
 BACK_HALF_WIDTH = (CAMERA_Z - BACK_Z) * 0.5 / FOCAL_LENGTH  # 0.3400: what a wrong (far) depth would mark
 
 
+@pytest.mark.numerics
 def test_visible_points_lie_on_the_front_plane() -> None:
     points = visible_surface_points(_frontal_scene_render())
     assert points.shape == (1, RAYS * RAYS, 3)
@@ -221,6 +225,7 @@ def test_mix_with_all_ones_is_refined_and_all_zeros_is_wplus() -> None:
     assert torch.equal(mix_triplanes(refined, wplus, torch.zeros(2, 3, 1, 8, 8)), wplus)
 
 
+@pytest.mark.numerics
 def test_mix_blends_per_texel_and_gradients_follow_the_mask() -> None:
     refined, wplus = _planes(0).requires_grad_(True), _planes(1)
     masks = torch.ones(2, 3, 1, 8, 8)

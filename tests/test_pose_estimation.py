@@ -18,6 +18,8 @@ from data_prep.pose_estimation import (
     estimate_pose,
 )
 
+pytestmark = pytest.mark.numerics  # float results against closed forms (tests/README.md)
+
 CROP_SIZE = 512
 
 

@@ -15,6 +15,7 @@ from cameras import look_at_label, unpack_label
 from inversion.video import OrbitPath, orbit_camera_labels, write_orbit_video, write_video
 from inversion.views import MultiViewSpec, image_grid, multi_view_grid, planes_view_renderer, view_labels
 from networks.eg3d.configs import generator_from_config
+from tolerances import TINY_IMAGE_ROUNDINGS, assert_close_roundoff
 
 
 def distinct_frames(count: int, size: int = 32) -> list[np.ndarray]:
@@ -79,6 +80,7 @@ def test_orbit_video_of_the_tiny_generator(tmp_path: Path, tiny_scene: tuple) ->
     assert reader.get_data(0).shape == (G.img_resolution, G.img_resolution, 3)
 
 
+@pytest.mark.numerics
 def test_view_renderer_is_deterministic_and_batch_independent(tiny_scene: tuple) -> None:
     G, planes, ws = tiny_scene
     labels = view_labels(MultiViewSpec(yaws_degrees=(-20.0, 0.0, 20.0)))
@@ -86,7 +88,8 @@ def test_view_renderer_is_deterministic_and_batch_independent(tiny_scene: tuple)
     assert together.shape == (3, 3, G.img_resolution, G.img_resolution)
     assert torch.equal(planes_view_renderer(G, planes, ws, views_per_batch=3)(labels), together)
     one_by_one = planes_view_renderer(G, planes, ws, views_per_batch=1)(labels)
-    torch.testing.assert_close(one_by_one, together, rtol=0, atol=1e-5)
+    # rule 2: other batch sizes run the decoder and super-resolution on other shapes (other kernels)
+    assert_close_roundoff(one_by_one, together, TINY_IMAGE_ROUNDINGS)
     assert not torch.allclose(together[0], together[2])  # different cameras, different images
 
 
