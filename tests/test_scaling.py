@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,6 +175,29 @@ def test_slurm_environment_gives_the_ranks_of_a_two_node_job_to_our_trainer_conf
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
     with pytest.raises(ValueError, match=r"devices=2.*--ntasks-per-node=4"):
         environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+
+
+def test_sbatch_script_starts_one_task_per_device_with_a_run_directory_that_survives_requeue(
+    tmp_path: Path,
+) -> None:
+    """scripts/slurm/stage1_2x8.sbatch run by bash with `srun` recording its command (no SLURM here): the
+    command composes, the trainer asks for what the allocation gives, and requeueing keeps the run dir."""
+    script = REPOSITORY / "scripts" / "slurm" / "stage1_2x8.sbatch"
+    options = dict(line.removeprefix("#SBATCH --").split("=", 1) for line in script.read_text().splitlines()
+                   if line.startswith("#SBATCH --") and "=" in line)
+    fake_srun = 'srun() { printf "%s\\n" "$@" > "$SRUN_RECORD"; }; export -f srun; bash "$0" "$@"'
+    environment = {**os.environ, "SLURM_SUBMIT_DIR": str(REPOSITORY), "SLURM_JOB_ID": "4242",
+                   "SRUN_RECORD": str(tmp_path / "srun.txt")}
+    extra_override = "stage.loss_weights.bg=2.5"  # sbatch passes its arguments on to train.py
+    subprocess.run(["bash", "-c", fake_srun, str(script), extra_override], env=environment, check=True)
+    command = (tmp_path / "srun.txt").read_text().splitlines()
+    assert command[:2] == [".venv/bin/python", "train.py"]
+    cfg = compose_train_config(command[2:], return_hydra_config=False)
+    assert cfg.trainer.devices == int(options["ntasks-per-node"]) == int(options["gpus-per-node"])
+    assert cfg.trainer.num_nodes == int(options["nodes"])
+    assert cfg.run_name == "stage1_4242" and cfg.stage.loss_weights.bg == 2.5  # job id: same after requeue
+    assert options["signal"].startswith(f"{SLURMEnvironment().requeue_signal.name}@")  # Lightning's signal
+    assert cfg.ckpt_path is None  # a requeued job resumes from Lightning's hpc checkpoint by itself
 
 
 def one_process_config(run_dir: Path, *overrides: str) -> DictConfig:
