@@ -115,19 +115,24 @@ def test_stage_one_on_two_torchrun_nodes_shards_data_syncs_weights_writes_once_a
     for shard_0, shard_1 in epochs:
         assert not shard_0 & shard_1 and len(shard_0 | shard_1) == 8
     assert straight[0]["identifiers"][0] != straight[0]["identifiers"][2]
-    assert straight[0]["losses"] != straight[1]["losses"]  # different data ...
-    assert_same_weights(straight[1]["weights"], straight[0]["weights"])  # ... one model: identical replicas
+    # Different data on each rank, one model: every rank applies the same all-reduced mean gradient, so the
+    # replicas stay equal bit for bit (a rank that skipped a reduction, e.g. of D's gradients, would not).
+    assert straight[0]["losses"] != straight[1]["losses"]
+    assert straight[0]["weights"].keys() == straight[1]["weights"].keys()
     for key, value in straight[0]["weights"].items():
-        assert torch.equal(value, straight[1]["weights"][key]), key  # bit for bit: all ranks apply one mean
+        assert torch.equal(value, straight[1]["weights"][key]), key
 
     # Written once, by global rank 0: node 1 (local rank 0 there) has Hydra's own files only.
     node_0, node_1 = (tmp_path / f"straight_node{node}" / "train" / "runs" / "straight" for node in (0, 1))
     checkpoints = sorted(path.name for path in (node_0 / "checkpoints").iterdir())
     assert checkpoints == ["last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt"], checkpoints
     assert {path.name for path in node_1.iterdir()} == {".hydra", "train.log"}
+    step_2 = node_0 / "checkpoints" / "step_0000002.ckpt"
+    at_step_2 = torch.load(step_2, weights_only=True)["state_dict"]
+    final = straight[0]["weights"]
+    assert any(not torch.equal(at_step_2[key], value) for key, value in final.items())  # steps 3-4 trained
 
     # Resume the 2-node run from its step-2 checkpoint (an epoch boundary): the same losses and weights.
-    step_2 = node_0 / "checkpoints" / "step_0000002.ckpt"
     resumed = launch_two_nodes(tmp_path, "resumed", f"ckpt_path={step_2}")
     for before, after in zip(straight, resumed):
         assert after["resumed_from"].endswith("step_0000002.ckpt")
