@@ -39,7 +39,7 @@ from runtime.instantiate import (
     without_logger_dependent_callbacks,
 )
 from runtime.pylogger import RankedLogger
-from runtime.scaling import objective_value, refuse_script_relaunch_in_multirun
+from runtime.scaling import check_objective_is_validated, objective_value, refuse_script_relaunch_in_multirun
 
 log = RankedLogger(__name__)
 
@@ -57,6 +57,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run() returned.
     """
     check_required_values(cfg, filled_by_code=FILLED_BY_CODE)
+    check_objective_is_validated(cfg)
     output_dir = Path(cfg.paths.output_dir)
     apply_extras(cfg, output_dir)
 

@@ -12,9 +12,12 @@ from collections.abc import Mapping
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
 from runtime.config import ConfigError
+
+VALIDATION_PREFIX = "val/"
 
 
 def objective_value(metrics: Mapping[str, float], optimized_metric: str | None) -> float | None:
@@ -29,6 +32,22 @@ def objective_value(metrics: Mapping[str, float], optimized_metric: str | None) 
             "trainer.limit_val_batches)."
         )
     return float(metrics[optimized_metric])
+
+
+def check_objective_is_validated(cfg: DictConfig) -> None:
+    """A validation metric as the objective needs validation: fail before training, not after it."""
+    metric = cfg.get("optimized_metric")
+    if metric is None or not str(metric).startswith(VALIDATION_PREFIX):
+        return
+    data_name = OmegaConf.select(cfg, "data.name")
+    if OmegaConf.select(cfg, "data.splits.val") is None:
+        raise ConfigError(
+            f"optimized_metric={metric} is a validation metric, but data={data_name} has no val split: the "
+            "run would end without its objective. Add one (+data.splits.val=...) or name another metric."
+        )
+    if OmegaConf.select(cfg, "trainer.limit_val_batches") == 0:
+        raise ConfigError(f"optimized_metric={metric} is a validation metric, but validation is off "
+                          "(trainer.limit_val_batches=0)")
 
 
 def refuse_script_relaunch_in_multirun(trainer: L.Trainer) -> None:

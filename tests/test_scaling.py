@@ -28,7 +28,7 @@ from helpers_ddp import LOOPBACK, free_loopback_port, run_concurrent_commands, r
 from networks.eg3d.configs import _random_state_dict
 from runtime.config import AUTO_RESUME, ConfigError, resolve_ckpt_path
 from runtime.instantiate import instantiate_loggers
-from runtime.scaling import objective_value, refuse_script_relaunch_in_multirun
+from runtime.scaling import check_objective_is_validated, objective_value, refuse_script_relaunch_in_multirun
 from runtime.wandb_mode import RUN_ID_FILENAME
 from train import train
 
@@ -380,3 +380,16 @@ def test_the_objective_is_the_named_metric_and_a_missing_one_is_an_error() -> No
     with pytest.raises(ConfigError, match=r"optimized_metric=val/lpips.*'train/loss', 'val/mse'"):
         objective_value(metrics, "val/lpips")
     assert OmegaConf.select(compose_train_config([], return_hydra_config=False), "optimized_metric") is None
+
+
+def test_a_validation_objective_without_validation_fails_before_training() -> None:
+    default = compose_train_config(["optimized_metric=val/mse"], return_hydra_config=False)
+    check_objective_is_validated(default)  # the synthetic data have a val split
+    no_val_split = compose_train_config(["experiment=goae_ffhq_stage1", "optimized_metric=val/mse"],
+                                        return_hydra_config=False)  # FFHQ: the whole set is the train split
+    with pytest.raises(ConfigError, match=r"optimized_metric=val/mse .* data=ffhq has no val split"):
+        check_objective_is_validated(no_val_split)
+    no_validation = compose_train_config(["optimized_metric=val/mse", "+trainer.limit_val_batches=0"],
+                                         return_hydra_config=False)
+    with pytest.raises(ConfigError, match=r"limit_val_batches=0"):
+        check_objective_is_validated(no_validation)
