@@ -15,6 +15,9 @@ $ python train.py run_name=ffhq_stage1 ... ckpt_path=last
 Debug presets and DDP on the CPU:
 $ python train.py debug=fdr
 $ python train.py trainer=ddp_sim
+
+Several nodes (torchrun, SLURM), submission through Hydra, Optuna sweeps: docs/scaling.md
+$ python train.py -m hparams_search=stage1_loss_weights experiment=goae_ffhq_stage1 generator.checkpoint=...
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from runtime.instantiate import (
     without_logger_dependent_callbacks,
 )
 from runtime.pylogger import RankedLogger
+from runtime.scaling import check_objective_is_validated, objective_value, refuse_script_relaunch_in_multirun
 
 log = RankedLogger(__name__)
 
@@ -53,6 +57,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run() returned.
     """
     check_required_values(cfg, filled_by_code=FILLED_BY_CODE)
+    check_objective_is_validated(cfg)
     output_dir = Path(cfg.paths.output_dir)
     apply_extras(cfg, output_dir)
 
@@ -79,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    refuse_script_relaunch_in_multirun(trainer)
     for logger in loggers:
         logger.log_hyperparams(_loggable_config(cfg))
 
@@ -116,9 +122,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     summary = train(cfg)
     print_summary(summary)
+    return objective_value(summary["metrics"], cfg.get("optimized_metric"))  # what a Hydra sweeper optimises
 
 
 if __name__ == "__main__":  # required: the DDP launcher re-runs this script once per extra device

@@ -16,6 +16,8 @@ log = RankedLogger(__name__)
 # Printed first, in this order; the remaining top-level keys follow.
 PRINT_ORDER: tuple[str, ...] = ("stage", "data", "generator", "trainer", "callbacks", "logger", "paths")
 LAST_CHECKPOINT = "last"
+# Resume when the run directory has something to resume (a requeued cluster job), else start fresh.
+AUTO_RESUME = "auto"
 HYDRA_NODE = "hydra"
 
 
@@ -58,9 +60,15 @@ def _literal_missing_paths(node: DictConfig | ListConfig, prefix: str = "") -> l
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """`last` means this run directory's checkpoints/last.ckpt; any other value must exist."""
+    """`last` means this run directory's checkpoints/last.ckpt; `auto` the newest checkpoint of the run
+    directory if there is one (None: a fresh start); any other value must exist."""
     if ckpt_path is None:
         return None
+    if str(ckpt_path) == AUTO_RESUME:
+        found = newest_resumable_checkpoint(Path(output_dir))
+        message = f"resuming from {found}" if found else f"nothing to resume in {output_dir}, starting fresh"
+        log.info(f"ckpt_path=auto: {message}")
+        return str(found) if found else None
     if str(ckpt_path) == LAST_CHECKPOINT:
         candidate = Path(output_dir) / "checkpoints" / "last.ckpt"
         if not candidate.is_file():
@@ -73,6 +81,14 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist (give a .ckpt file, or `last`).")
     return str(ckpt_path)
+
+
+def newest_resumable_checkpoint(output_dir: Path) -> Path | None:
+    """The newest of <run dir>/checkpoints/last.ckpt (written every N steps) and Lightning's SLURM requeue
+    checkpoints <run dir>/hpc_ckpt_<n>.ckpt (written when the job gets its requeue signal); None if none."""
+    candidates = [output_dir / "checkpoints" / "last.ckpt", *output_dir.glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime_ns, default=None)
 
 
 def apply_extras(cfg: DictConfig, output_dir: Path) -> None:

@@ -10,6 +10,7 @@ import hydra
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runtime.pylogger import RankedLogger
@@ -86,7 +87,10 @@ def _offline_safe_wandb_config(logger_cfg: DictConfig, output_dir: Path) -> Dict
     resolved = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
     with open_dict(resolved):
         resolved.offline = resolve_wandb_offline(resolved.get("offline"), os.environ)
-        if resolved.get("id") is None:
+        # Global rank 0 alone owns wandb_id.txt: ranks started together (torchrun, srun) would otherwise race
+        # to create it, and a requeued job could read an id other than the one the run was logged under.
+        # The other ranks never start a wandb run, so they need no id.
+        if resolved.get("id") is None and rank_zero_only.rank == 0:
             resolved.id = stable_run_id(output_dir)
     mode = "offline" if resolved.offline else "online"
     log.info(f"wandb runs {mode} (run id {resolved.id}); set logger.wandb.offline=true/false to force it")

@@ -193,9 +193,9 @@ def test_ranked_logger_speaks_on_rank_zero_only(caplog: pytest.LogCaptureFixture
 
 
 def test_sweep_folder_documents_the_hydra_command_form() -> None:
-    text = (CONFIG_DIR / "sweep" / "README.md").read_text()
+    text = (PROJECT_ROOT / "sweeps" / "README.md").read_text()
     assert "${args_no_hyphens}" in text and "program: train.py" in text
-    for sweep_file in (CONFIG_DIR / "sweep").glob("*.yaml"):
+    for sweep_file in (PROJECT_ROOT / "sweeps" / "wandb").glob("*.yaml"):
         sweep = OmegaConf.to_container(OmegaConf.load(sweep_file), resolve=False)
         assert sweep["program"] == "train.py"
         assert "${args_no_hyphens}" in sweep["command"], sweep_file

@@ -206,16 +206,6 @@ def test_paper_defaults_and_cats_without_identity() -> None:
     assert compose_train_config(["experiment=goae_afhq_stage1"]).stage.loss_weights.id == 0.0
 
 
-def test_sweep_file_uses_existing_dotted_keys() -> None:
-    from omegaconf import OmegaConf
-
-    sweep = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "sweep" / "stage1_loss_weights.yaml"), resolve=False)
-    cfg = compose_train_config(["experiment=goae_ffhq_stage1"])
-    for key in sweep["parameters"]:
-        assert OmegaConf.select(cfg, key) is not None, key
-    assert sweep["command"][:4] == ["${env}", "${interpreter}", "${program}", "experiment=goae_ffhq_stage1"]
-
-
 # ------------------------------------------------------------------------------------------ end to end
 def _tiny_run(make_train_config: Callable[..., DictConfig], *overrides: str) -> DictConfig:
     cfg = make_train_config(*TINY_STEP_OVERRIDES, *overrides)
