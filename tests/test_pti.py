@@ -13,17 +13,26 @@ bounds are set well inside what the measured runs reach (see each test) and stat
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from PIL import Image
 
 from cameras import canonical_camera_label, look_at_label, unpack_label, yaw_pitch_from_cam2world
-from conftest import compose_train_config
+from conftest import CONFIG_DIR, compose_train_config
 from datamodules.synthetic import SyntheticDataset
+from evaluate import evaluate
 from evaluation.protocols import deterministic_draws
 from inversion.optimisation.noise import PerImageNoise
 from inversion.optimisation.pivot import latent_statistics
@@ -36,7 +45,9 @@ from inversion.optimisation.pose_optimisation import (
 from inversion.optimisation.pti import PTIInverter
 from inversion.optimisation.schedule import pti_learning_rate, w_noise_scale
 from inversion.result import InversionResult
+from inversion.run import InvertConfigError, run_invert
 from inversion.tuned_generator import TunedGeneratorError, TunedGeneratorTensors
+from inversion.views import to_uint8_images
 from losses import LPIPSLoss, LPIPSWeightsError
 from losses.frozen import PretrainedWeightsError
 from losses.reconstruction import VGG16_ORIGIN, _build_lpips, load_torchvision_backbone
@@ -403,3 +414,127 @@ def test_pose_optimisation_recovers_a_perturbed_camera(generator) -> None:
     assert torch.equal(result.ws, ws)  # the latent stayed fixed
     distances = inverter.last_pivots.distances[:, 0]
     assert distances[-3:].mean() < 0.6 * distances[0]
+
+
+# ----------------------------------------------------------------------------- invert.py and evaluate.py
+# The method config with a few steps and random loss backbones (the defaults need ImageNet files).
+TINY_METHOD_OVERRIDES = (
+    "method=pti", "method.pivot.steps=2", "method.tuning.steps=3", "method.tuning.lpips_threshold=0",
+    "method.pivot_loss.net=alex", "method.pivot_loss.backbone_weights=random", "method.pivot_loss.resolution=null",
+    "method.tuning_loss.backbone_weights=random", "method.progress_bar=false",
+)
+
+
+def save_aligned_targets(folder: Path, targets: dict[str, torch.Tensor]) -> list[str]:
+    """The targets as aligned crops with an EG3D dataset.json (what `invert.py align=false` reads)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"target{index}.png" for index in range(targets["image_full"].shape[0])]
+    for name, image in zip(names, targets["image_full"]):
+        Image.fromarray(to_uint8_images(image[None])[0]).save(folder / name)
+    labels = [[name, camera.tolist()] for name, camera in zip(names, targets["camera"])]
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels}))
+    return names
+
+
+def compose_with_hydra(config_name: str, run_dir: Path, overrides: list[str]) -> Any:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.runtime.cwd = os.getcwd()
+        cfg.extras.print_config = False
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@pytest.mark.slow
+def test_invert_cli_writes_the_encoder_layout_from_pti_and_rerenders_it(
+    generator, targets, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = save_aligned_targets(tmp_path / "aligned", targets)
+    direction = tmp_path / "dir" / "smile.npy"
+    direction.parent.mkdir()
+    np.save(direction, np.random.default_rng(0).standard_normal((14, 512)).astype(np.float32))
+    outputs = [
+        f"inputs={tmp_path / 'aligned'}", "device=cpu", "encoder_resolution=64", "batch_size=2",
+        "views.yaws_degrees=[-20.0,20.0]", "video.num_frames=3", "video.fps=8", "mesh.resolution=20",
+        "mesh.level=auto", f"edit.directions=[{direction}]", "edit.strengths=[0.0,1.0]",
+    ]
+    torch.manual_seed(0)
+    cfg = compose_with_hydra("invert", tmp_path / "run", [*TINY_METHOD_OVERRIDES, *outputs, f"outputs={tmp_path / 'pti'}"])
+    summary = run_invert(cfg)
+    printed = capsys.readouterr().out
+    assert "PTI image 1/2: pivot search" in printed and "PTI image 2/2:" in printed  # the method's timing lines
+    assert sum("inversion" in line and "s/image (batch of 2)" in line for line in printed.splitlines()) == 2
+    for name in names:
+        folder = tmp_path / "pti" / Path(name).stem
+        for file in ("reconstruction.png", "multi_view.png", "depth.npy", "latents.pt", "generator.safetensors",
+                     "mesh.ply", "edits/smile_0.png", "edits/smile_1_multi_view.png", "timing.json"):
+            assert (folder / file).is_file(), file
+        assert list(folder.glob("orbit.*"))
+        reconstruction = png_pixels(folder / "reconstruction.png")
+        assert np.array_equal(png_pixels(folder / "edits" / "smile_0.png"), reconstruction[:, RESOLUTION:])
+    assert len(summary.images) == 2
+
+    # The files are rendered through each image's tuned generator, not the frozen one.
+    folder = tmp_path / "pti" / "target0"
+    latents = torch.load(folder / "latents.pt", weights_only=True)
+    seed_draws = generator.sample_draws(1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        frozen_render = generator.synthesis(latents["ws"], latents["camera"], draws=seed_draws).image
+    tuned_render = torch.from_numpy(png_pixels(folder / "reconstruction.png")[:, RESOLUTION:].copy()).permute(2, 0, 1)
+    frozen_pixels = torch.from_numpy(to_uint8_images(frozen_render)[0]).permute(2, 0, 1)
+    assert not torch.equal(tuned_render, frozen_pixels)
+
+    # Re-render the saved results (no inversion): the same pixels.
+    cfg = compose_with_hydra("invert", tmp_path / "run2", [*outputs, f"results_from={tmp_path / 'pti'}",
+                                                            f"outputs={tmp_path / 'again'}"])
+    run_invert(cfg)
+    for name in names:
+        stem = Path(name).stem
+        for file in ("reconstruction.png", "multi_view.png", "edits/smile_1.png"):
+            assert np.array_equal(png_pixels(tmp_path / "again" / stem / file), png_pixels(tmp_path / "pti" / stem / file))
+    GlobalHydra.instance().clear()
+
+
+def test_invert_cli_refuses_a_stage_checkpoint_with_a_method(tmp_path: Path) -> None:
+    cfg = compose_with_hydra("invert", tmp_path / "run", [*TINY_METHOD_OVERRIDES, "inputs=x", "ckpt_path=s1.ckpt"])
+    with pytest.raises(InvertConfigError, match="method.init_checkpoint"):
+        run_invert(cfg)
+    cfg = compose_with_hydra("invert", tmp_path / "run", ["inputs=x", f"results_from={tmp_path / 'absent'}"])
+    with pytest.raises(InvertConfigError, match="absent is not a folder"):
+        run_invert(cfg)
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow
+def test_evaluate_table_with_goae_pti_and_hybrid_rows(encoder_stage, tmp_path: Path) -> None:
+    checkpoint = encoder_stage["checkpoint"]
+    rows = (f"checkpoints=[{{name: GOAE, path: '{checkpoint}'}}, {{name: PTI, method: {{}}}}, "
+            f"{{name: GOAE + PTI, method: {{init_checkpoint: '{checkpoint}', pivot: {{space: w+}}}}}}]")
+    torch.manual_seed(0)
+    cfg = compose_with_hydra("evaluate", tmp_path / "run", [
+        *TINY_METHOD_OVERRIDES, *ENCODER_STAGE_OVERRIDES, "data.splits.test.length=2",
+        "data.loaders.test.batch_size_per_device=2", "metrics=[mse,psnr]", "timing.warmup_batches=0", "device=cpu",
+        f"output_dir={tmp_path / 'tables'}", rows,
+    ])
+    summary = evaluate(cfg)
+    table = {row["name"]: row for row in json.loads(summary.files.json.read_text())["rows"]}
+    assert list(table) == ["GOAE", "PTI", "GOAE + PTI"]
+    values = {name: row["values"] for name, row in table.items()}
+    print({name: {key: round(value, 4) for key, value in row.items()} for name, row in values.items()})
+    for row in values.values():
+        assert math.isfinite(row["input_view/time"]) and row["input_view/time"] > 0
+    # 3 tuning steps already take the hybrid below its encoder start, and PTI below the briefly trained encoder
+    assert values["GOAE + PTI"]["input_view/mse"] < values["GOAE"]["input_view/mse"]
+    assert values["PTI"]["input_view/mse"] < values["GOAE"]["input_view/mse"]
+    assert values["PTI"]["input_view/time"] > values["GOAE"]["input_view/time"]
+    header = next(line for line in summary.files.markdown.read_text().splitlines() if line.startswith("| Method"))
+    assert header == "| Method | PSNR ↑ | MSE ↓ | Time (s) ↓ |"
+    GlobalHydra.instance().clear()
