@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from cameras import canonical_camera_label, look_at_label, unpack_label, yaw_pitch_from_cam2world
@@ -35,14 +35,15 @@ from datamodules.synthetic import SyntheticDataset
 from evaluate import evaluate
 from evaluation.protocols import deterministic_draws
 from inversion.optimisation.noise import PerImageNoise
-from inversion.optimisation.pivot import latent_statistics
+from inversion.optimisation.pivot import PivotSettings, latent_statistics
 from inversion.optimisation.pose_optimisation import (
     AnglePoseEstimator,
     CameraAdjustment,
+    PoseSettings,
     estimated_labels,
     load_pose_estimator,
 )
-from inversion.optimisation.pti import PTIInverter
+from inversion.optimisation.pti import LPIPSSettings, PivotLossSettings, PTIInverter, tuning_settings
 from inversion.optimisation.schedule import pti_learning_rate, w_noise_scale
 from inversion.result import InversionResult
 from inversion.run import InvertConfigError, run_invert
@@ -385,6 +386,25 @@ def test_images_do_not_leak_into_each_other(generator, targets) -> None:
     assert any(not torch.equal(fresh.tuned_generator.tensors[name][0], before[name]) for name in names)
 
 
+def test_depth_multiplier_and_locality_regulariser(generator, targets) -> None:
+    """depth_multiplier=2 renders everything (search, tuning, results) with 2x depth samples while the
+    frozen generator keeps its own; the locality regulariser changes what one tuning step does."""
+    image, target, camera = (first(targets)[key] for key in ("image", "image_full", "camera"))
+    denser = make_inverter(generator, {"steps": 0}, {"steps": 1}, depth_multiplier=2)
+    result = denser.invert(image, target, camera)
+    assert denser.generator.rendering_kwargs["depth_resolution"] == 24
+    assert generator.rendering_kwargs["depth_resolution"] == 12
+    assert result.tuned_generator.rendering_overrides == {"depth_resolution": 24, "depth_resolution_importance": 24}
+    assert torch.isfinite(render_errors(denser.generator, result, camera, target)).all()  # draws of the denser G fit
+
+    locality = {"alpha": 30.0, "truncation_psi": 0.5, "num_samples": 1, "interval": 1, "l2_weight": 0.1,
+                "lpips_weight": 0.1}
+    plain = make_inverter(generator, {"steps": 0}, {"steps": 1}).invert(image, target, camera)
+    regularised = make_inverter(generator, {"steps": 0}, {"steps": 1, "locality": locality}).invert(image, target, camera)
+    assert any(not torch.equal(plain.tuned_generator.tensors[name], regularised.tuned_generator.tensors[name])
+               for name in plain.tuned_generator.tensors)
+
+
 @pytest.mark.slow
 def test_pose_optimisation_recovers_a_perturbed_camera(generator) -> None:
     """A synthetic image seen from yaw 0.3 / pitch -0.1; the search starts from a camera 10 degrees off in
@@ -501,6 +521,27 @@ def test_invert_cli_writes_the_encoder_layout_from_pti_and_rerenders_it(
         for file in ("reconstruction.png", "multi_view.png", "edits/smile_1.png"):
             assert np.array_equal(png_pixels(tmp_path / "again" / stem / file), png_pixels(tmp_path / "pti" / stem / file))
     GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("config_name", ["invert", "evaluate"])
+@pytest.mark.parametrize("method, name, steps", [("pti", "PTI", (450, 350)), ("pose_opt", "Pose Opt.", (400, 400))])
+def test_method_configs_compose_into_valid_settings(config_name: str, method: str, name: str, steps: tuple) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=[f"method={method}", "inputs=x"] if config_name == "invert"
+                      else [f"method={method}"])
+    GlobalHydra.instance().clear()
+    node = OmegaConf.to_container(cfg.method, resolve=False)
+    assert node["_target_"] == "inversion.optimisation.pti.PTIInverter" and node["name"] == name
+    pivot = PivotSettings(**node["pivot"])
+    tuning = tuning_settings(node["tuning"])
+    assert (pivot.steps, tuning.steps) == steps and pivot.space == "w" and tuning.lpips_threshold == 0.06
+    assert tuning.learning_rate == 3e-4 and tuning.parts == ("backbone.synthesis", "decoder", "superresolution")
+    assert PivotLossSettings(**node["pivot_loss"]).net == "vgg" and LPIPSSettings(**node["tuning_loss"]).net == "alex"
+    pose = node["pose"]
+    assert (pose is None) == (method == "pti")
+    if pose is not None:
+        assert PoseSettings(**pose).preheat_steps == 50
 
 
 def test_invert_cli_refuses_a_stage_checkpoint_with_a_method(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def _as_settings(kind: type, value: Any) -> Any:
     return kind(**dict(value))
 
 
-def _tuning_settings(value: TuningSettings | Mapping[str, Any] | None) -> TuningSettings:
+def tuning_settings(value: TuningSettings | Mapping[str, Any] | None) -> TuningSettings:
     if isinstance(value, TuningSettings):
         return value
     options = dict(value or {})
@@ -195,7 +195,7 @@ class PTIInverter(nn.Module):
         self.generator = with_depth_multiplier(generator, int(depth_multiplier))
         self.depth_multiplier = int(depth_multiplier)
         self.pivot_settings = _as_settings(PivotSettings, pivot) or PivotSettings()
-        self.tuning_settings = _tuning_settings(tuning)
+        self.tuning_settings = tuning_settings(tuning)
         self.pose_settings = _as_settings(PoseSettings, pose)
         tuned_parameter_names(generator, self.tuning_settings.parts)  # a wrong part fails here, not mid-run
         self.pivot_distance = PivotDistance(_as_settings(PivotLossSettings, pivot_loss) or PivotLossSettings())
