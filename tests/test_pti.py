@@ -561,8 +561,8 @@ def test_evaluate_table_with_goae_pti_and_hybrid_rows(encoder_stage, tmp_path: P
             f"{{name: GOAE + PTI, method: {{init_checkpoint: '{checkpoint}', pivot: {{space: w+}}}}}}]")
     torch.manual_seed(0)
     cfg = compose_with_hydra("evaluate", tmp_path / "run", [
-        *TINY_METHOD_OVERRIDES, *ENCODER_STAGE_OVERRIDES, "data.splits.test.length=2",
-        "data.loaders.test.batch_size_per_device=2", "metrics=[mse,psnr]", "timing.warmup_batches=0", "device=cpu",
+        *TINY_METHOD_OVERRIDES, *ENCODER_STAGE_OVERRIDES, "data.splits.test.length=1",
+        "data.loaders.test.batch_size_per_device=1", "metrics=[mse,psnr]", "timing.warmup_batches=0", "device=cpu",
         f"output_dir={tmp_path / 'tables'}", rows,
     ])
     summary = evaluate(cfg)
