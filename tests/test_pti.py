@@ -135,6 +135,7 @@ def test_pivot_schedules_are_ptis() -> None:
     assert w_noise_scale(80, 100, w_std=2.0) == 0.0
 
 
+@pytest.mark.numerics
 def test_noise_maps_are_per_image_and_regularised_like_pti(generator: torch.nn.Module) -> None:
     working = copy.deepcopy(generator)
     noise = PerImageNoise(working, 2, torch.Generator().manual_seed(0))
@@ -164,6 +165,7 @@ def test_noise_maps_are_per_image_and_regularised_like_pti(generator: torch.nn.M
     assert all(layer.noise_const is buffers[name] for name, layer in noise.layers.items())
 
 
+@pytest.mark.numerics
 def test_camera_adjustment_orbits_and_keeps_aiming_at_the_pivot() -> None:
     """Zero adjustment = the label itself; orbiting a perturbed look-at camera by the perturbation gives
     the true look-at camera (the parameterisation can reach the truth)."""
@@ -183,6 +185,7 @@ def test_camera_adjustment_orbits_and_keeps_aiming_at_the_pivot() -> None:
     torch.testing.assert_close(moved.yaw, yaw, atol=1e-5, rtol=0)
 
 
+@pytest.mark.numerics
 def test_pose_estimator_in_ko_et_al_format(tmp_path: Path) -> None:
     """A file whose head predicts fixed angles (fc3 weights 0, bias atanh(angle)) gives the camera at
     those angles: radius 2.7, looking at the origin, theta = pi/2 + yaw, phi = pi/2 + elevation."""
@@ -342,6 +345,7 @@ def test_tuning_ends_below_a_trained_encoder(generator, targets, pti_run, encode
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_hybrid_starts_at_the_encoders_latent_and_improves_on_it(generator, targets, encoder_stage) -> None:
     """encoder + PTI: the pivot search starts at the encoder's w+ (PTI's learning rate is 0 at the first
     step, so one step leaves it unchanged: the hybrid's start IS the encoder's result, error included),
