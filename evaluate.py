@@ -11,6 +11,11 @@ $ python evaluate.py protocol=input_view data=celebahq generator=ffhq512-128 gen
 
 Novel views on MEAD (Table 1 right / Table 2):
 $ python evaluate.py protocol=mead_novel_view data=mead ... ckpt_path=logs/train/runs/s1/checkpoints/last.ckpt
+
+Optimisation methods (docs/pti.md): method=pti adds a PTI row; rows with `method:` are PTI variants, e.g.
+GOAE, PTI and GOAE + PTI in one table:
+$ python evaluate.py method=pti stage=encoder ... 'checkpoints=[{name: GOAE, path: s1.ckpt}, {name: PTI, method: {}},
+    {name: GOAE + PTI, method: {init_checkpoint: s1.ckpt, pivot: {space: w+}}}]'
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from evaluation.protocols import (
     run_mead_novel_view,
 )
 from evaluation.tables import ResultTable, TableFiles, row_from_result, table_for, write_tables
-from inversion.loading import CheckpointError, inverter_from_checkpoint, require_inverter
+from inversion.loading import CheckpointError, inverter_from_checkpoint, inverter_from_method, require_inverter
 from inversion.result import Inverter
 from metrics import InferenceTimer, MetricsConfig, MetricSuite, build_metric_suite
 from runtime.config import check_required_values
@@ -49,7 +54,8 @@ from runtime.pylogger import RankedLogger
 log = RankedLogger(__name__)
 
 # `???` values that evaluate() fills in code (the ONE generator instance), as train.py does.
-FILLED_BY_CODE = (f"stage.{GENERATOR_ARGUMENT}", f"data.{GENERATOR_ARGUMENT}", f"reference_depth.{GENERATOR_ARGUMENT}")
+FILLED_BY_CODE = (f"stage.{GENERATOR_ARGUMENT}", f"data.{GENERATOR_ARGUMENT}", f"reference_depth.{GENERATOR_ARGUMENT}",
+                  f"method.{GENERATOR_ARGUMENT}")
 FID_IMPLEMENTATION = ("metrics.fid: pytorch-fid's TF-Inception port (float resize, no uint8 quantisation); "
                       "not NVIDIA's EG3D FID")
 
@@ -57,11 +63,14 @@ FID_IMPLEMENTATION = ("metrics.fid: pytorch-fid's TF-Inception port (float resiz
 @dataclass(frozen=True)
 class CheckpointEntry:
     """One table row: a name, an optional Lightning checkpoint, optional stage-config overrides (an
-    ablation's settings, or the stage's own loader of released weights, e.g. encoder.goae_checkpoint)."""
+    ablation's settings, or the stage's own loader of released weights, e.g. encoder.goae_checkpoint).
+    ``method``: overrides merged onto the selected ``method`` config (PTI, Pose Opt.): the row is that
+    method (its hybrid start: ``method: {init_checkpoint: <stage checkpoint>}``), not a stage checkpoint."""
 
     name: str
     path: str | None = None
     stage: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, Any] | None = None
 
 
 @dataclass
@@ -72,13 +81,23 @@ class EvaluationSummary:
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def checkpoint_entries(cfg: DictConfig) -> list[CheckpointEntry]:
-    """``checkpoints`` (a list of {name, path, stage}), else ``ckpt_path``, else the stage as configured."""
+    """``checkpoints`` (a list of {name, path, stage, method}), then ``ckpt_path``, then the selected
+    ``method`` when no listed row is one of its variants; with none of them, the stage as configured."""
     node = cfg.get("checkpoints")
     listed = OmegaConf.to_container(node, resolve=True) if node else []
-    entries = [CheckpointEntry(name=str(item["name"]), path=item.get("path"), stage=dict(item.get("stage") or {}))
+    entries = [CheckpointEntry(name=str(item["name"]), path=item.get("path"), stage=dict(item.get("stage") or {}),
+                               method=None if item.get("method") is None else dict(item["method"]))
                for item in listed]  # type: ignore[union-attr]
+    for entry in entries:
+        if entry.method is not None and cfg.get("method") is None:
+            raise ValueError(f"row {entry.name!r} has `method:` overrides but no method is selected (method=pti)")
+        if entry.method is not None and entry.path:
+            raise ValueError(f"row {entry.name!r}: a method row has no checkpoint of its own; its hybrid start is "
+                             "method: {init_checkpoint: <stage checkpoint>}")
     if cfg.get("ckpt_path"):
         entries.append(CheckpointEntry(name=Path(str(cfg.ckpt_path)).stem, path=str(cfg.ckpt_path)))
+    if cfg.get("method") is not None and not any(entry.method is not None for entry in entries):
+        entries.append(CheckpointEntry(name=str(cfg.method.get("name", "method")), method={}))
     if not entries:
         entries.append(CheckpointEntry(name="as_configured"))
     names = [entry.name for entry in entries]
@@ -89,6 +108,11 @@ def checkpoint_entries(cfg: DictConfig) -> list[CheckpointEntry]:
 
 def build_stage(cfg: DictConfig, entry: CheckpointEntry, generator: torch.nn.Module) -> Inverter:
     stage_cfg = OmegaConf.merge(cfg.stage, entry.stage) if entry.stage else cfg.stage
+    if entry.method is not None:
+        method_cfg = OmegaConf.merge(cfg.method, entry.method) if entry.method else cfg.method
+        inverter = inverter_from_method(method_cfg, stage_cfg, generator)  # type: ignore[arg-type]
+        log.info(f"Built method <{method_cfg._target_}> for row {entry.name!r}")
+        return inverter
     if entry.path:
         # Shared with the invert CLI: read without running code from the file, stage checked, and a
         # stage class's own loader (stage 2 rebuilds itself from its checkpoint) takes over.

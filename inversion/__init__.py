@@ -8,6 +8,8 @@ pull in scikit-learn):
 * ``inversion.video``: the authors' orbit camera path and mp4 (GIF fallback) writing.
 * ``inversion.editing``: loading edit directions, w+ edits and the F-space edit of GOAE Eq. 10.
 * ``inversion.direction_fitting``: InterfaceGAN-style direction fitting with a linear SVM (also a CLI).
+* ``inversion.optimisation``: PTI, pose optimisation and encoder + PTI as an Inverter (docs/pti.md);
+  ``inversion.tuned_generator``: the per-image tuned generator tensors such results carry.
 
 See docs/editing.md.
 """

@@ -11,6 +11,11 @@ non-tensor Python object a Lightning checkpoint may carry (hyper-parameters hold
 Hydra partials of optimisers, ...) is replaced by an inert ``OpaqueObject``. Only the tensors of
 ``state_dict`` and plain data (the stage record) are used.
 
+Optimisation methods (``configs/method``: PTI, Pose Opt.) need no checkpoint of their own:
+``load_method_inverter(cfg)`` / ``inverter_from_method(method_cfg, stage_cfg, generator)`` build the
+method around the generator, and its ``init_checkpoint`` (the hybrid start) is loaded into the
+configured stage by the same path as any stage checkpoint.
+
 Wrong-stage checks: stage modules record ``checkpoint["goae_stage"]["name"]`` in
 ``on_save_checkpoint``. We ask the configured stage what it would record and compare; a checkpoint
 without a record is still checked key by key (missing / unexpected keys listed in the error).
@@ -34,6 +39,8 @@ from runtime.instantiate import instantiate_component
 STAGE_RECORD_KEY = "goae_stage"
 # Stage checkpoints never hold the frozen generator nor the frozen loss networks (rebuilt from configs).
 DELIBERATELY_ABSENT_PREFIXES: tuple[str, ...] = ("generator.", "loss.")
+# Key of a method config (configs/method) naming the stage checkpoint whose inverter starts it (hybrid).
+METHOD_INIT_KEY = "init_checkpoint"
 # Classmethod a stage class may define to build its own inverter from a checkpoint.
 STAGE_LOADER_NAME = "load_inverter"
 MAX_LISTED_KEYS = 8
@@ -196,3 +203,28 @@ def inverter_from_checkpoint(stage_cfg: DictConfig, generator: torch.nn.Module, 
         check_stage_matches(checkpoint, stage, stage_target)
         load_state_into_stage(stage, checkpoint, stage_target)
     return require_inverter(stage, stage_target)
+
+
+def inverter_from_method(method_cfg: DictConfig, stage_cfg: DictConfig, generator: torch.nn.Module) -> Inverter:
+    """The optimisation method of ``method_cfg`` (a ``configs/method`` node) around ``generator``.
+
+    With ``init_checkpoint`` set, the stage of ``stage_cfg`` loaded from that checkpoint (checked like
+    any stage checkpoint) becomes the method's ``init``: its w+ starts the optimisation (hybrid).
+    """
+    node = copy.deepcopy(method_cfg)
+    with open_dict(node):
+        init_checkpoint = node.pop(METHOD_INIT_KEY, None)
+    init = None
+    if init_checkpoint:
+        init = inverter_from_checkpoint(stage_cfg, generator, init_checkpoint)
+        init.eval()  # type: ignore[attr-defined]
+    method = instantiate_component(node, generator) if init is None else hydra.utils.instantiate(
+        node, generator=generator, init=init)
+    return require_inverter(method, str(node._target_))
+
+
+def load_method_inverter(cfg: DictConfig, device: torch.device | str = "cpu") -> Inverter:
+    """The method of ``cfg.method`` (with ``cfg.stage`` for its hybrid start), in eval mode on ``device``."""
+    generator = hydra.utils.instantiate(cfg.generator)
+    inverter = inverter_from_method(cfg.method, stage_for_inference(cfg), generator)
+    return inverter.to(device).eval()  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
 """The files the invert command writes for ONE inverted image (see docs/invert.md for the list).
 
-Every function takes one sample's ``InversionResult`` (batch size 1) and the frozen generator.
-Renders share one set of renderer random draws (``seed``), so the same planes at the same camera
+Every function takes one sample's ``InversionResult`` (batch size 1) and the generator that renders it,
+``single.generator_for(frozen)``: the frozen generator for encoders, the image's own tuned generator for
+PTI-style results (so views, video, mesh and edits all go through the tuned weights). Renders share one set of renderer random draws (``seed``), so the same planes at the same camera
 give the same pixels in every file (e.g. an edit at strength 0 equals the unedited output).
 """
 
@@ -18,6 +19,7 @@ from PIL import Image
 from inversion.editing import LatentEdit, edited_planes
 from inversion.mesh import MeshOptions, density_grid, export_mesh, generator_density
 from inversion.result import InversionResult
+from inversion.tuned_generator import TUNED_GENERATOR_FILE, TunedGeneratorTensors
 from inversion.video import OrbitPath, WrittenVideo, write_orbit_video
 from inversion.views import MultiViewSpec, image_grid, multi_view_grid, planes_view_renderer
 from networks.eg3d.generator import TriPlaneGenerator
@@ -56,6 +58,8 @@ def sample_of(result: InversionResult, index: int) -> InversionResult:
             block=refined.block, features=refined.features[pick], skip_image=refined.skip_image[pick]
         ),
         visibility_masks=None if result.visibility_masks is None else result.visibility_masks[pick],
+        tuned_generator=None if result.tuned_generator is None else result.tuned_generator.sample(index),
+        input_camera=None if result.input_camera is None else result.input_camera[pick],
     )
 
 
@@ -70,6 +74,8 @@ def as_float32(result: InversionResult) -> InversionResult:
             block=refined.block, features=refined.features.float(), skip_image=refined.skip_image.float()
         ),
         visibility_masks=None if result.visibility_masks is None else result.visibility_masks.float(),
+        tuned_generator=None if result.tuned_generator is None else result.tuned_generator.float(),
+        input_camera=None if result.input_camera is None else result.input_camera.float(),
     )
 
 
@@ -85,7 +91,8 @@ def render_view(
 
 
 def input_view_render(G: TriPlaneGenerator, single: InversionResult, camera: torch.Tensor, seed: int) -> RenderOutput:
-    return render_view(G, single.input_view_planes, single.ws, camera, seed)
+    """The input view (at the camera the method found, if any); ``G``: ``single.generator_for(frozen)``."""
+    return render_view(G, single.input_view_planes, single.ws, single.input_view_camera(camera), seed)
 
 
 def save_image(images: torch.Tensor, path: Path, columns: int | None = None) -> Path:
@@ -148,13 +155,43 @@ def latents_record(single: InversionResult, camera: torch.Tensor) -> dict[str, t
         record["refined_block"] = single.refined_features.block
     if single.visibility_masks is not None:
         record["visibility_masks"] = single.visibility_masks.detach().float().cpu().contiguous()
+    if single.input_camera is not None:
+        record["input_camera"] = single.input_camera.detach().float().cpu().reshape(1, -1).contiguous()
     return record
 
 
-def write_latents(single: InversionResult, camera: torch.Tensor, out_dir: Path) -> Path:
+def write_latents(single: InversionResult, camera: torch.Tensor, out_dir: Path) -> list[Path]:
+    """latents.pt, and generator.safetensors (the tuned tensors) when the result has its own generator."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(latents_record(single, camera), out_dir / LATENTS_FILE)
-    return out_dir / LATENTS_FILE
+    if single.tuned_generator is None:
+        return [out_dir / LATENTS_FILE]
+    return [out_dir / LATENTS_FILE, single.tuned_generator.save(out_dir / TUNED_GENERATOR_FILE)]
+
+
+def read_saved_result(out_dir: Path, frozen: TriPlaneGenerator) -> InversionResult:
+    """An image's result from its latents.pt (and generator.safetensors), to render it again without
+    inverting: w+ results (encoders) and tuned-generator results (PTI, Pose Opt.)."""
+    latents_path = out_dir / LATENTS_FILE
+    if not latents_path.is_file():
+        raise FileNotFoundError(f"no saved result for this image: {latents_path} does not exist")
+    record = torch.load(latents_path, map_location="cpu", weights_only=True)
+    if "refined_features" in record:
+        raise ValueError(f"{latents_path}: results with refined features (F*) cannot be re-rendered from files yet")
+    device = frozen.w_avg.device
+    ws = record["ws"].to(device)
+    tuned = None
+    if (out_dir / TUNED_GENERATOR_FILE).is_file():
+        tuned = TunedGeneratorTensors.load(out_dir / TUNED_GENERATOR_FILE)
+        tuned.check_fits(frozen, source=str(out_dir / TUNED_GENERATOR_FILE))
+        tuned = TunedGeneratorTensors({name: t.to(device) for name, t in tuned.tensors.items()},
+                                      tuned.rendering_overrides)
+    camera = record.get("input_camera")
+    generator = frozen if tuned is None else tuned.generator_from(frozen)
+    with torch.no_grad():
+        planes = generator.synthesize_planes(ws)
+    return InversionResult(ws=ws, input_view_planes=planes, novel_view_planes=planes, tuned_generator=tuned,
+                           input_camera=None if camera is None else camera.to(device))
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -247,7 +284,8 @@ def write_edits(
         wplus = wplus_edit(G, ws_edit)
         has_features = single.refined_features is not None
         main = feature_space_edit(G, single, ws_edit, wplus.novel_view_planes) if has_features else wplus
-        written.append(save_image(render_view(G, main.input_view_planes, ws_edit, camera, settings.seed).image,
+        input_camera = single.input_view_camera(camera)
+        written.append(save_image(render_view(G, main.input_view_planes, ws_edit, input_camera, settings.seed).image,
                                   edits_dir / f"{stem}.png"))
         written.append(write_multi_view(G, main.novel_view_planes, ws_edit, edits_dir / f"{stem}_multi_view.png",
                                         settings))

@@ -4,6 +4,11 @@ Order: read the options and the edit directions, load the stage checkpoint (all 
 so a bad direction file or a wrong-stage checkpoint fails before any alignment or inversion), gather
 the inputs (aligning raw photos if asked), invert them in batches, then write every image's files
 and a timing line.
+
+``method=<configs/method option>`` (PTI, Pose Opt.) inverts with an optimisation method instead of a
+stage checkpoint; ``results_from=<an earlier output folder>`` re-renders the results saved there
+(latents.pt, generator.safetensors) instead of inverting. Every file is rendered through the
+image's own generator (``InversionResult.generator_for``), the tuned one for PTI results.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,13 +37,14 @@ from inversion.inputs import (
     require_prepared,
     skipped_photos_message,
 )
-from inversion.loading import load_inverter
+from inversion.loading import load_inverter, load_method_inverter
 from inversion.mesh import AUTHORS_BORDER_FRACTION, DEFAULT_DENSITY_LEVEL
 from inversion.outputs import (
     MULTI_VIEW_FILE,
     RenderSettings,
     as_float32,
     input_view_render,
+    read_saved_result,
     sample_of,
     write_depth,
     write_edits,
@@ -112,6 +119,7 @@ class InvertOptions:
     encoder_resolution: int = 256
     render_seed: int = 0
     warmup: bool = True  # one untimed inversion first: start-up costs (CUDA context, kernels) are not timed
+    results_from: Path | None = None  # re-render the results saved in this earlier output folder
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -141,12 +149,17 @@ def _mesh_level(value: Any) -> float | None:
     return float(value)
 
 
+def checkpoint_needed(cfg: DictConfig) -> bool:
+    """Whether ``ckpt_path`` is needed: not for a method (it has none) nor for re-rendering saved results."""
+    return cfg.get("method") is None and cfg.get("results_from") is None
+
+
 def options_from_config(cfg: DictConfig) -> InvertOptions:
     """The typed options of configs/invert.yaml (every key read here, nowhere else)."""
     video, mesh, edit, views = cfg.video, cfg.mesh, cfg.edit, cfg.views
     return InvertOptions(
         inputs=tuple(str(entry) for entry in _as_tuple(cfg.inputs)),
-        ckpt_path=str(cfg.ckpt_path),
+        ckpt_path=str(cfg.get("ckpt_path")),  # unused (None) with a method or results_from
         outputs=Path(str(cfg.outputs)),
         align=bool(cfg.align),
         alignment=AlignmentOptions(**_plain(cfg.alignment)),
@@ -171,6 +184,7 @@ def options_from_config(cfg: DictConfig) -> InvertOptions:
         encoder_resolution=int(cfg.encoder_resolution),
         render_seed=int(cfg.render_seed),
         warmup=bool(cfg.warmup),
+        results_from=None if cfg.get("results_from") is None else Path(str(cfg.results_from)),
     )
 
 
@@ -308,15 +322,16 @@ def invert_batch(
 
 
 def write_image_outputs(
-    inverter: Inverter,
+    frozen: Any,
     item: AlignedImage,
     single: InversionResult,
     options: InvertOptions,
     edits: Sequence[LatentEdit],
     device: torch.device,
 ) -> tuple[list[Path], dict[str, float]]:
-    """Every file of one image; returns (files, rendering seconds per output kind)."""
-    G = inverter.generator
+    """Every file of one image, rendered through the image's generator (``single.generator_for(frozen)``:
+    ``frozen`` itself, or the image's tuned copy); returns (files, rendering seconds per output kind)."""
+    G = single.generator_for(frozen)
     out_dir = options.outputs / item.name
     settings = render_settings(G, options)
     camera = item.camera[None].to(device)
@@ -327,7 +342,7 @@ def write_image_outputs(
             render = input_view_render(G, single, camera, settings.seed)
             files.append(write_reconstruction(item.image_full, render, out_dir))
             files += write_depth(render, out_dir)
-        files.append(write_latents(single, item.camera, out_dir))
+        files += write_latents(single, item.camera, out_dir)
         with watch.measure("multi_view"):
             files.append(write_multi_view(G, single.novel_view_planes, single.ws, out_dir / MULTI_VIEW_FILE, settings))
         if options.video.enabled:
@@ -358,26 +373,61 @@ def run_invert(cfg: DictConfig) -> InvertSummary:
     """Everything `python invert.py` does; returns what was written."""
     options = options_from_config(cfg)
     device = resolve_device(options.device)
-    inverter = load_inverter(cfg, options.ckpt_path, device)
-    G = inverter.generator
+    inverter = build_inverter(cfg, options, device)
+    G = inverter.generator if inverter is not None else saved_results_generator(cfg, device)
     edits = load_edits(options.edit, G.num_ws, int(G.w_avg.shape[-1]))
     resolutions = Resolutions(encoder=options.encoder_resolution, full=int(G.img_resolution))
     images, skipped = gather_inputs(options, resolutions)
     print(f"inverting {len(images)} image(s) on {device} ({options.precision}) into {options.outputs}")
     inverted: list[InvertedImage] = []
-    if options.warmup:
+    # WHY not for methods: a warm-up would repeat a whole per-image optimisation (minutes), whose
+    # start-up costs are negligible next to it.
+    if options.warmup and inverter is not None and cfg.get("method") is None:
         invert_batch(inverter, images[: options.batch_size], device, options.precision)
     for batch in batches(images, options.batch_size):
-        result, seconds = invert_batch(inverter, batch, device, options.precision)
-        for index, item in enumerate(batch):
-            single = sample_of(result, index)
-            files, rendering = write_image_outputs(inverter, item, single, options, edits, device)
+        if inverter is None:
+            assert options.results_from is not None
+            singles, seconds = [saved_result(options.results_from / item.name, G) for item in batch], 0.0
+        else:
+            result, seconds = invert_batch(inverter, batch, device, options.precision)
+            singles = [sample_of(result, index) for index in range(len(batch))]
+        for item, single in zip(batch, singles):
+            files, rendering = write_image_outputs(G, item, single, options, edits, device)
             timing = ImageTiming(item.name, len(batch), seconds / len(batch), rendering, device.type, options.precision)
             (options.outputs / item.name / TIMING_FILE).write_text(json.dumps(timing.as_json(), indent=1))
             print(timing.line())
             inverted.append(InvertedImage(item.name, item.source, options.outputs / item.name, files, timing))
     write_timing_summary(options.outputs, inverted)
     return InvertSummary(outputs=options.outputs, images=inverted, skipped_message=skipped)
+
+
+def build_inverter(cfg: DictConfig, options: InvertOptions, device: torch.device) -> Inverter | None:
+    """The stage of ``ckpt_path``, the method of ``method``, or None when re-rendering ``results_from``."""
+    method = cfg.get("method")
+    if options.results_from is not None:
+        if not options.results_from.is_dir():
+            raise InvertConfigError(f"results_from={options.results_from} is not a folder of earlier invert outputs")
+        return None
+    if method is not None:
+        if cfg.get("ckpt_path"):
+            raise InvertConfigError(
+                f"ckpt_path={cfg.ckpt_path} is a stage checkpoint, but method={method.get('name', 'a method')} is "
+                "selected: its hybrid start is method.init_checkpoint=<stage checkpoint>"
+            )
+        return load_method_inverter(cfg, device)
+    return load_inverter(cfg, options.ckpt_path, device)
+
+
+def saved_result(folder: Path, frozen: Any) -> InversionResult:
+    try:
+        return read_saved_result(folder, frozen)
+    except (FileNotFoundError, ValueError) as error:  # TunedGeneratorError (a ValueError) names its file
+        raise InvertConfigError(f"results_from: {error}") from error
+
+
+def saved_results_generator(cfg: DictConfig, device: torch.device) -> Any:
+    """The frozen generator saved results are rendered with (the one they were inverted with)."""
+    return hydra.utils.instantiate(cfg.generator).to(device).eval()
 
 
 def write_timing_summary(outputs: Path, inverted: Sequence[InvertedImage]) -> Path:
@@ -396,6 +446,7 @@ def write_timing_summary(outputs: Path, inverted: Sequence[InvertedImage]) -> Pa
 
 __all__ = [
     "EditDirectionError",
+    "checkpoint_needed",
     "InvertConfigError",
     "InvertOptions",
     "InvertSummary",

@@ -61,6 +61,14 @@ class RendererDraws:
         importance = torch.linspace(0, 1, importance_resolution, device=device).expand(batch_size * num_rays, -1)
         return cls(stratified=stratified, importance=importance.contiguous())
 
+    def sample(self, index: int) -> "RendererDraws":
+        """The draws of batch item ``index`` alone (a batch of one)."""
+        num_rays = self.stratified.shape[1]
+        return RendererDraws(
+            stratified=self.stratified[index : index + 1],
+            importance=self.importance[index * num_rays : (index + 1) * num_rays],
+        )
+
     def check_shape(self, batch_size: int, num_rays: int, depth_resolution: int, importance_resolution: int) -> None:
         want_s = [batch_size, num_rays, depth_resolution, 1]
         want_i = [batch_size * num_rays, importance_resolution]
@@ -89,6 +97,12 @@ class RenderOutput:
     ray_origins: torch.Tensor
     ray_directions: torch.Tensor
     weights_sum: torch.Tensor
+
+    @classmethod
+    def concatenate(cls, renders: list["RenderOutput"]) -> "RenderOutput":
+        """One batch from several renders (e.g. of images rendered by different generators)."""
+        return cls(**{name: torch.cat([getattr(render, name) for render in renders])
+                      for name in cls.__dataclass_fields__})
 
 
 @dataclass
